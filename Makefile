@@ -1,0 +1,40 @@
+# The two commands: `make demo` runs the whole lifecycle on the toy dataset, `make test` passes the tests.
+# Both create .venv and install everything (pip packages with constraints.txt, Debian packages with apt-get).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install -c constraints.txt
+STAMP  := $(VENV)/.installed
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+
+.PHONY: demo test install lint typecheck pytest system-deps bench bench-peers clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(PIP) -q -e '.[all,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/lineguard demo
+
+test: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+	bash .ci/pytest.sh
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) lineguard-work .pytest_cache .mypy_cache .ruff_cache

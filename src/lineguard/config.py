@@ -1,0 +1,371 @@
+"""One typed, frozen config per stage, loaded from one YAML file with CLI overrides on top.
+
+``lineguard.yaml`` holds a section per stage (``synth``, ``ingest``, ``preprocess``,
+``augment``, ``train``, ...). Every key has a default here, so an empty file (or no
+file) is a valid config. Unknown keys are rejected with a "did you mean" suggestion
+rather than silently ignored, because a typo in a threshold is a defect on the line.
+
+Overrides use dotted paths: ``train.lr=0.003 augment.strength=0.5``. Values are
+parsed as YAML scalars/lists (``[128,128]``, ``true``, ``1e-3``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lineguard import LineguardError
+
+CONFIG_FILENAME = "lineguard.yaml"
+RecipeSource = Literal["csv", "top_folder", "filename"]
+
+
+class ConfigError(LineguardError):
+    """The config file or an override is invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+class SynthConfig(_Section):
+    """The procedurally drawn toy dataset (ice-cream cones on a conveyor)."""
+
+    recipes: int = Field(5, ge=1, le=8, description="how many recipes to draw")
+    per_class: int = Field(100, ge=1, description="images per recipe and per class (good, bad)")
+    size: int = Field(128, ge=32, le=1024, description="image side in pixels")
+    seed: int = 0
+    difficulty: float = Field(0.5, ge=0.0, le=1.0, description="0 = clean studio shots, 1 = harsh line")
+
+
+class IngestConfig(_Section):
+    """Turning a messy source into a clean, versioned Dataset (see docs/ingest.md for the rules)."""
+
+    label_synonyms: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "good": ["good", "ok", "pass", "passed", "accept", "accepted", "normal", "fine"],
+            "bad": ["bad", "nok", "ng", "notok", "not_ok", "defect", "defective", "reject", "rejected",
+                    "fail", "failed", "anomaly"],
+        },
+        description="class name -> words that mean it in folder names, file names and CSV cells",
+    )
+    positive_class: str = Field("bad", description="the class a detection means (the defect)")
+    layout: Literal["auto", "rules", "class_folders"] = Field(
+        "auto",
+        description="class_folders: SRC/<class>/<image>, every folder name is a class (synonyms mapped, others "
+        "used as-is); rules: labels only from synonyms; auto: class_folders when every image sits one folder "
+        "deep and there is no CSV",
+    )
+    recipe_from: list[RecipeSource] = Field(
+        default_factory=lambda: list[RecipeSource](["csv", "top_folder"]),
+        description="where the recipe is read from, in order (first found is used; csv and top_folder "
+        "disagreeing is a conflict); none found -> default_recipe",
+    )
+    default_recipe: str = "default"
+    defect_types: list[str] = Field(
+        default_factory=lambda: ["missing_topping", "partial_topping", "spillage", "wrong_topping"],
+        description="defect-type names looked for in file and folder names when no CSV column gives one",
+    )
+    max_pixels: int = Field(40_000_000, ge=1, description="larger images are refused (decompression bombs)")
+    max_file_bytes: int = Field(200_000_000, ge=1, description="larger files (and archive members) are refused")
+    max_archive_bytes: int = Field(
+        4_000_000_000, ge=1, description="largest archive read, and largest total of its unpacked members"
+    )
+    near_duplicate_bits: int = Field(4, ge=0, le=32, description="perceptual-hash Hamming distance for a near duplicate")
+    split: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
+    balance_test: bool = Field(True, description="downsample the majority class of the test split per recipe")
+    workers: int = Field(2, ge=0, le=64, description="processes decoding and hashing images; 0 = in-process")
+    seed: int = 0
+
+    @field_validator("split")
+    @classmethod
+    def _check_split(cls, value: dict[str, float]) -> dict[str, float]:
+        if set(value) != {"train", "val", "test"}:
+            raise ValueError("ingest.split needs exactly the keys train, val and test")
+        if min(value.values()) < 0 or sum(value.values()) <= 0 or value["train"] <= 0:
+            raise ValueError("ingest.split fractions must be >= 0 with train > 0")
+        return value
+
+    @field_validator("label_synonyms")
+    @classmethod
+    def _check_synonyms(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        seen: dict[str, str] = {}
+        for name, words in value.items():
+            for word in [name, *words]:
+                key = word.strip().lower()
+                if key in seen and seen[key] != name:
+                    raise ValueError(f"ingest.label_synonyms: '{word}' is listed for both '{seen[key]}' and '{name}'")
+                seen[key] = name
+        return value
+
+
+# --- model development --------------------------------------------------------------------
+
+
+class PreprocessConfig(_Section):
+    """The preprocessing contract; it ships inside every bundle (see preprocess.py)."""
+
+    size: tuple[int, int] = (128, 128)
+    resize: Literal["letterbox", "stretch", "center_crop"] = "letterbox"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    pad_value: int = Field(0, ge=0, le=255)
+
+
+class AugmentConfig(_Section):
+    """Training-only augmentation. ``strength`` scales every magnitude below at once."""
+
+    strength: float = Field(1.0, ge=0.0, le=3.0)
+    hflip: float = Field(0.5, ge=0.0, le=1.0, description="probability")
+    vflip: float = Field(0.0, ge=0.0, le=1.0, description="probability")
+    rotate_deg: float = Field(15.0, ge=0.0, le=180.0)
+    scale: float = Field(0.1, ge=0.0, le=0.5, description="max relative zoom in/out")
+    translate: float = Field(0.08, ge=0.0, le=0.5, description="max shift as a fraction of the side")
+    brightness: float = Field(0.2, ge=0.0, le=1.0)
+    contrast: float = Field(0.2, ge=0.0, le=1.0)
+    saturation: float = Field(0.2, ge=0.0, le=1.0)
+    hue: float = Field(0.02, ge=0.0, le=0.5)
+    blur: float = Field(0.1, ge=0.0, le=1.0, description="probability of a light Gaussian blur")
+    noise: float = Field(0.02, ge=0.0, le=0.5, description="std of additive Gaussian noise (0..1 scale)")
+    cutout: float = Field(0.0, ge=0.0, le=1.0, description="probability of one erased patch")
+
+
+class TrainConfig(_Section):
+    """One training run. Transfer learning and distillation are options of the same loop."""
+
+    model: str = "mobilenetv3_small"
+    width: float = Field(1.0, gt=0.0, le=2.0, description="width multiplier of the architecture")
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0.0)
+    backbone_lr_scale: float = Field(0.1, gt=0.0, le=1.0, description="backbone lr factor when fine-tuning")
+    weight_decay: float = Field(0.05, ge=0.0)
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    balance: Literal["sampler", "loss", "none"] = "sampler"
+    patience: int = Field(8, ge=1, description="early stopping: epochs without val balanced-accuracy gain")
+    seed: int = 0
+    threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    deterministic: bool = True
+    weights: str | None = Field(None, description="a torchvision/timm ImageNet state-dict file to start from")
+    init_from: str | None = Field(None, description="RUN_ID, models:/name@alias or a weights file")
+    freeze_epochs: int = Field(0, ge=0, description="epochs with the backbone frozen when fine-tuning")
+    rehearsal: int = Field(200, ge=0, description="old images mixed in per class when onboarding a recipe")
+    teacher: str | None = Field(None, description="RUN_ID of a teacher for knowledge distillation")
+    distill_temperature: float = Field(4.0, gt=0.0)
+    distill_weight: float = Field(0.5, ge=0.0, le=1.0)
+    max_minutes: float | None = Field(None, gt=0.0, description="stop after this much wall time")
+
+
+class TuneConfig(_Section):
+    """Hyperparameter search (Optuna). The search space lists the choices per parameter."""
+
+    trials: int = Field(20, ge=1)
+    storage: str | None = Field(None, description="Optuna RDB URL; default sqlite under the workdir")
+    study: str = "lineguard"
+    epochs: int = Field(8, ge=1, description="epochs per trial")
+    lr: tuple[float, float] = (3e-4, 1e-2)
+    weight_decay: tuple[float, float] = (1e-4, 0.1)
+    width: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0])
+    size: list[int] = Field(default_factory=lambda: [96, 128])
+    augment_strength: tuple[float, float] = (0.0, 1.5)
+    models: list[str] = Field(default_factory=lambda: ["mobilenetv3_small", "tinycnn"])
+
+
+class TrackingConfig(_Section):
+    """MLflow. The default is a SQLite store and a local artifact folder under the workdir."""
+
+    uri: str | None = Field(None, description="tracking URI; default sqlite:///<workdir>/mlflow.db")
+    experiment: str = "lineguard"
+    registered_model: str = "lineguard-model"
+
+
+# --- evaluation and release -----------------------------------------------------------------
+
+
+class CostConfig(_Section):
+    """What each error costs; the decision threshold minimises the expected cost."""
+
+    false_reject: float = Field(1.0, ge=0.0, description="a good item thrown away")
+    missed_defect: float = Field(1.0, ge=0.0, description="a defect that reaches the customer")
+
+
+class EvaluateConfig(_Section):
+    """Evaluation: calibration, cost-based thresholds, confidence intervals, learning curve."""
+
+    cost: CostConfig = CostConfig()
+    per_recipe_threshold: bool = True
+    min_threshold_samples: int = Field(
+        10, ge=1, description="a recipe gets its own threshold only with this many val images of each class"
+    )
+    calibrate: bool = Field(True, description="fit a temperature on the val split (temperature scaling)")
+    ece_bins: int = Field(15, ge=2)
+    bootstrap: int = Field(1000, ge=0, description="resamples for 95 % confidence intervals")
+    seed: int = Field(0, description="seed of the bootstrap resampling")
+    min_test_per_recipe: int = Field(50, ge=1, description="warn below this many test images per recipe")
+    gallery: int = Field(12, ge=0, description="worst errors shown as thumbnails in the report")
+    learning_curve_fractions: list[float] = Field(
+        default_factory=lambda: [0.1, 0.25, 0.5, 1.0], description="fractions of the train split"
+    )
+    learning_curve_seeds: int = Field(3, ge=1, description="repeats per fraction (different subsets and seeds)")
+    learning_curve_epochs: int | None = Field(None, ge=1, description="epochs per point; default train.epochs")
+
+
+class GateConfig(_Section):
+    """The release gate (gate.py): when may a candidate replace the champion?"""
+
+    tolerance: float = Field(0.005, ge=0.0, description="allowed cost-metric loss vs the champion")
+    max_ece: float = Field(0.05, ge=0.0, le=1.0)
+    min_balanced_accuracy: float = Field(0.95, ge=0.0, le=1.0, description="absolute limit, first model")
+    min_recipe_balanced_accuracy: float = Field(0.9, ge=0.0, le=1.0)
+    max_parity_disagreement: float = Field(0.01, ge=0.0, le=1.0, description="exported vs float decisions")
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="significance of the paired (McNemar) test")
+
+
+# --- deployment -------------------------------------------------------------------------------
+
+
+class ExportConfig(_Section):
+    opset: int = Field(18, ge=17)
+    golden_size: int = Field(64, ge=1, description="images in the fixed parity batch")
+    atol: float = Field(1e-4, gt=0.0, description="max |logit difference| torch vs ONNX")
+
+
+class CompressConfig(_Section):
+    budget_ms: float = Field(1.0, gt=0.0, description="latency budget per image, batch 1, 1 thread")
+    max_drop: float = Field(0.003, ge=0.0, le=1.0, description="max balanced-accuracy drop vs float")
+    prune_ratios: list[float] = Field(default_factory=lambda: [0.25, 0.5])
+    finetune_epochs: int = Field(3, ge=0)
+    calibration_images: int = Field(256, ge=1)
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    warmup: int = Field(50, ge=0)
+    repeats: int = Field(500, ge=10)
+
+
+class LineguardConfig(_Section):
+    """The whole config: one section per lifecycle stage."""
+
+    workdir: str = Field("lineguard-work", description="where runs, bundles and the MLflow store live")
+    synth: SynthConfig = SynthConfig()
+    ingest: IngestConfig = IngestConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    tune: TuneConfig = TuneConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    gate: GateConfig = GateConfig()
+    export: ExportConfig = ExportConfig()
+    compress: CompressConfig = CompressConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (what is saved with every run)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI, defaulting to a SQLite file in the workdir."""
+        if self.tracking.uri:
+            return self.tracking.uri
+        return f"sqlite:///{Path(self.workdir).resolve() / 'mlflow.db'}"
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{hint} Valid keys: {', '.join(sorted(valid))}"
+
+
+def _check_keys(data: Any, model: type[BaseModel], where: str) -> None:
+    """Reject unknown keys at every level with a suggestion (pydantic's message is less kind)."""
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            path = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"unknown config key '{path}'{_suggest(str(key), list(fields))}")
+        annotation = fields[key].annotation
+        path = f"{where}.{key}" if where else str(key)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            _check_keys(value, annotation, path)
+        elif isinstance(value, dict) and get_origin(annotation) is not dict:
+            raise ConfigError(f"'{path}' is a value, not a section; set it as {path}=VALUE")
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' must look like section.key=value, e.g. train.lr=0.003")
+    dotted, raw = override.split("=", 1)
+    parts = [p for p in dotted.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override '{override}' has no key before '='")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{override}': value is not valid YAML ({exc})") from None
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{override}': '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    got = err.get("input")
+    return f"{source}: '{loc}' {err['msg'].lower()} (got {got!r})"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> LineguardConfig:
+    """Load ``lineguard.yaml`` (or defaults when ``path`` is None), apply overrides, validate.
+
+    If ``path`` is None and ``./lineguard.yaml`` exists, that file is used.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is None and Path(CONFIG_FILENAME).is_file():
+        path = CONFIG_FILENAME
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' not found; create it or run without --config for defaults")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            detail = " ".join(str(exc).split())
+            raise ConfigError(f"config file '{p}' is not valid YAML: {detail}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{p}' must hold a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    for override in overrides:
+        _apply_override(data, override)
+    _check_keys(data, LineguardConfig, "")
+    try:
+        return LineguardConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def save_config(config: LineguardConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(config.to_yaml(), encoding="utf-8")
+    tmp.replace(p)

@@ -1,0 +1,213 @@
+"""THE preprocessing contract: decode, resize, normalise. Written once, used everywhere.
+
+Ingest decodes with :func:`decode_image`; training, evaluation and the edge runtime
+all turn a decoded image into model input with :func:`preprocess`, whose parameters
+(:class:`PreprocessParams`) travel inside every bundle. Only numpy and Pillow are
+imported here, so the edge can use it without the training stack.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lineguard import LineguardError
+
+ResizeMode = Literal["letterbox", "stretch", "center_crop"]
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageDecodeError(LineguardError):
+    """A file is not a usable image. ``reason`` is a short machine-readable tag."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    """How a decoded RGB uint8 image becomes a float32 CHW tensor; stored in bundle.json."""
+
+    size: tuple[int, int] = (128, 128)  # (height, width)
+    resize: ResizeMode = "letterbox"
+    color: Literal["rgb"] = "rgb"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    pad_value: int = 0
+    _scale: np.ndarray = field(init=False, repr=False, compare=False)
+    _shift: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or min(self.size) < 8:
+            raise LineguardError(f"preprocess size must be (height, width) of at least 8 px, got {self.size}")
+        if self.resize not in ("letterbox", "stretch", "center_crop"):
+            raise LineguardError(f"preprocess resize must be letterbox, stretch or center_crop, got {self.resize!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise LineguardError("preprocess mean and std must each have 3 values, std > 0")
+        # (x/255 - mean)/std == x*scale + shift, precomputed once for the hot path.
+        std = np.asarray(self.std, np.float32)
+        object.__setattr__(self, "_scale", (1.0 / (255.0 * std)).reshape(3, 1, 1).astype(np.float32))
+        object.__setattr__(self, "_shift", (-np.asarray(self.mean, np.float32) / std).reshape(3, 1, 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("_scale", None)
+        d.pop("_shift", None)
+        d["size"] = list(self.size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessParams:
+        """Build from a bundle's ``preprocess`` block; missing or odd fields are an error."""
+        required = ("size", "resize", "mean", "std")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise LineguardError(f"preprocess block is missing {', '.join(missing)}")
+        try:
+            return cls(
+                size=(int(data["size"][0]), int(data["size"][1])),
+                resize=data["resize"],
+                color=data.get("color", "rgb"),
+                mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
+                std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+                pad_value=int(data.get("pad_value", 0)),
+            )
+        except (TypeError, ValueError, IndexError) as exc:
+            raise LineguardError(f"preprocess block is invalid: {exc}") from None
+
+
+def _to_uint8_rgb(img: Image.Image) -> Image.Image:
+    """Normalise any Pillow mode (L, LA, P, RGBA, I;16, I, F, CMYK) to 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr8 = np.clip(arr * (255.0 / hi) + 0.5, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr8, mode="L")
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to an HxWx3 uint8 RGB array, EXIF orientation applied.
+
+    Raises :class:`ImageDecodeError` with reason ``empty``, ``not_an_image``,
+    ``too_large`` (more than ``max_pixels``: decompression bombs), ``truncated`` or
+    ``corrupt``. The pixel count is checked from the header before any decoding.
+    """
+    if not data:
+        raise ImageDecodeError("empty", "zero-byte file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img: Image.Image = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageDecodeError("too_large", f"{width}x{height} exceeds {max_pixels:,} pixels")
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            rgb = _to_uint8_rgb(img)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not_an_image", "not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError("too_large", str(exc)) from None
+    except OSError as exc:
+        msg = str(exc)
+        reason = "truncated" if "truncated" in msg.lower() or "broken data stream" in msg.lower() else "corrupt"
+        raise ImageDecodeError(reason, msg) from None
+    except (ValueError, SyntaxError, struct.error, EOFError, IndexError) as exc:
+        raise ImageDecodeError("corrupt", str(exc) or type(exc).__name__) from None
+    arr = np.asarray(rgb, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageDecodeError("corrupt", f"unexpected decoded shape {arr.shape}")
+    return arr
+
+
+def resize(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
+    """Resize an HxWx3 uint8 image to ``params.size`` without distorting it (unless ``stretch``).
+
+    ``letterbox`` keeps the aspect ratio and pads with ``pad_value``; ``center_crop``
+    scales the short side to fit and crops the centre; ``stretch`` ignores the ratio.
+    Bilinear resampling in Pillow, so training and the edge get the same pixels.
+    """
+    out_h, out_w = params.size
+    h, w = image.shape[:2]
+    if (h, w) == (out_h, out_w):
+        return image
+    pil = Image.fromarray(image)
+    if params.resize == "stretch":
+        return np.asarray(pil.resize((out_w, out_h), Image.Resampling.BILINEAR))
+    if params.resize == "center_crop":
+        scale = max(out_h / h, out_w / w)
+        new_w, new_h = max(out_w, round(w * scale)), max(out_h, round(h * scale))
+        pil = pil.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
+        return np.asarray(pil.crop((left, top, left + out_w, top + out_h)))
+    scale = min(out_h / h, out_w / w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = np.asarray(pil.resize((new_w, new_h), Image.Resampling.BILINEAR))
+    canvas = np.full((out_h, out_w, 3), params.pad_value, dtype=np.uint8)
+    top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = resized
+    return canvas
+
+
+def normalise(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
+    """HxWx3 uint8 (already at ``params.size``) -> 3xHxW float32, mean/std normalised."""
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+    chw *= params._scale
+    chw += params._shift
+    return chw
+
+
+def preprocess(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
+    """Decoded HxWx3 uint8 RGB image -> 3xHxW float32 model input."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise LineguardError(f"preprocess expects an HxWx3 uint8 RGB image, got {image.shape} {image.dtype}")
+    return normalise(resize(image, params), params)
+
+
+def preprocess_batch(images: Sequence[np.ndarray], params: PreprocessParams) -> np.ndarray:
+    """A list of decoded images -> Nx3xHxW float32."""
+    h, w = params.size
+    out = np.empty((len(images), 3, h, w), dtype=np.float32)
+    for i, image in enumerate(images):
+        out[i] = preprocess(image, params)
+    return out
+
+
+def image_stats(image: np.ndarray) -> dict[str, float]:
+    """Cheap per-image statistics for drift monitoring: brightness, contrast, colour, sharpness.
+
+    Computed on the decoded uint8 image; the same function builds a bundle's reference
+    statistics and the edge's per-frame record, so the two are comparable.
+    """
+    f = image.astype(np.float32)
+    grey = f @ np.array([0.299, 0.587, 0.114], np.float32)
+    # Sharpness: mean absolute Laplacian (a dirty lens or blur lowers it).
+    lap = (
+        -4 * grey[1:-1, 1:-1] + grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:]
+    )
+    means = f.reshape(-1, 3).mean(axis=0)
+    return {
+        "brightness": float(grey.mean()),
+        "contrast": float(grey.std()),
+        "mean_r": float(means[0]),
+        "mean_g": float(means[1]),
+        "mean_b": float(means[2]),
+        "sharpness": float(np.abs(lap).mean()) if lap.size else 0.0,
+    }

@@ -1,0 +1,419 @@
+"""Experiment tracking and the model registry: the only module that imports MLflow.
+
+Default store: SQLite (``sqlite:///<workdir>/mlflow.db``) with artifacts in
+``<workdir>/mlartifacts``; a tracking server URL when configured. Telemetry is off.
+
+A run records everything needed to reproduce it: the resolved config (``config.yaml``),
+the dataset manifest and version, per-epoch metrics, plots, the environment, the git
+commit, and the weights as safetensors with a small ``model.json`` so the model can be
+rebuilt from the run alone (never a pickle). Browse with
+``mlflow ui --backend-store-uri <the same URI>``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lineguard import LineguardError
+
+if TYPE_CHECKING:
+    import torch
+    from mlflow import MlflowClient
+
+    from lineguard.config import LineguardConfig
+    from lineguard.manifest import Dataset
+
+# === runs: start, log, read (owned by training) ==============================================
+
+# Tag names every training run carries (lineage: dataset -> run -> bundle).
+TAG_KIND = "lineguard.kind"  # train | tune | baseline | evaluate ...
+TAG_MODEL = "model"
+TAG_DATASET_VERSION = "dataset_version"
+TAG_DATASET_URL = "dataset_url"
+TAG_INIT_FROM = "init_from"
+TAG_TEACHER = "teacher"
+TAG_GIT_COMMIT = "git_commit"
+TAG_WARNING = "lineguard.warning"
+CONFIG_ARTIFACT = "config.yaml"
+WEIGHTS_ARTIFACT = "model/model.safetensors"
+MODEL_META_ARTIFACT = "model/model.json"
+MANIFEST_ARTIFACT = "dataset/manifest.parquet"
+
+
+class TrackingError(LineguardError):
+    """The tracking store is unreachable, or a run / artifact is missing."""
+
+
+def _mlflow() -> Any:
+    """Import MLflow with telemetry off (set here, not at import of this module)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    import mlflow
+
+    return mlflow
+
+
+def artifact_root(config: LineguardConfig) -> str:
+    """Where a local store keeps artifacts: ``<workdir>/mlartifacts``."""
+    return str(Path(config.workdir).resolve() / "mlartifacts")
+
+
+def _check_reachable(uri: str) -> None:
+    """Fail fast with one line instead of MLflow's long retry loop and traceback."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
+                resp.read()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"tracking server '{uri}' is unreachable ({reason}); start it "
+                f"(mlflow server ...) or unset tracking.uri to use the local SQLite store"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"cannot create the tracking store folder '{db.parent}': {exc}") from None
+    elif "://" not in uri or uri.startswith("file:"):
+        raise TrackingError(
+            f"tracking URI '{uri}' is a plain folder, which MLflow refuses; use sqlite:///PATH/mlflow.db or http://HOST:PORT"
+        )
+
+
+def client(config: LineguardConfig) -> MlflowClient:
+    """An MLflow client on the configured store (checked reachable)."""
+    mlflow = _mlflow()
+    uri = config.tracking_uri()
+    _check_reachable(uri)
+    try:
+        return mlflow.MlflowClient(tracking_uri=uri)
+    except Exception as exc:
+        raise TrackingError(f"cannot open tracking store '{uri}': {exc}") from None
+
+
+def experiment_id(config: LineguardConfig, cl: MlflowClient | None = None) -> str:
+    """The id of ``config.tracking.experiment``, created (with the local artifact root) if new."""
+    cl = cl or client(config)
+    name = config.tracking.experiment
+    try:
+        exp = cl.get_experiment_by_name(name)
+        if exp is not None:
+            return str(exp.experiment_id)
+        location = None
+        if config.tracking_uri().startswith("sqlite:"):
+            Path(artifact_root(config)).mkdir(parents=True, exist_ok=True)
+            location = Path(artifact_root(config)).as_uri()
+        return str(cl.create_experiment(name, artifact_location=location))
+    except LineguardError:
+        raise
+    except Exception as exc:
+        raise TrackingError(f"tracking store '{config.tracking_uri()}' failed: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config dict -> ``{"train.lr": "0.003", ...}`` (MLflow params are flat strings)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
+    return out
+
+
+@dataclass
+class Run:
+    """A live MLflow run; every log call goes straight to the store."""
+
+    run_id: str
+    client: Any = field(repr=False)
+    experiment_id: str = ""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        mlflow = _mlflow()
+        items = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        mlflow = _mlflow()
+        now = int(time.time() * 1000)
+        items = [mlflow.entities.Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        mlflow = _mlflow()
+        items = [mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()]
+        if items:
+            self.client.log_batch(self.run_id, tags=items)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        """A matplotlib figure as a PNG artifact (e.g. ``plots/confusion_matrix.png``)."""
+        buf = io.BytesIO()
+        figure.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        self.log_artifact_bytes(buf.getvalue(), name)
+
+    def log_dict(self, data: Any, name: str) -> None:
+        """JSON (``.json``) or YAML (``.yaml``) artifact."""
+        if name.endswith((".yaml", ".yml")):
+            import yaml
+
+            text = yaml.safe_dump(data, sort_keys=False)
+        else:
+            text = json.dumps(data, indent=2, sort_keys=True, default=str)
+        self.log_artifact_bytes(text.encode("utf-8"), name)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.log_artifact_bytes(text.encode("utf-8"), name)
+
+    def log_artifact_bytes(self, data: bytes, name: str) -> None:
+        """Store ``data`` as artifact ``name`` (``dir/file.ext``)."""
+        directory, filename = os.path.split(name)
+        with tempfile.TemporaryDirectory(prefix="lineguard-artifact-") as tmp:
+            path = os.path.join(tmp, filename)
+            with open(path, "wb") as f:
+                f.write(data)
+            self.client.log_artifact(self.run_id, path, artifact_path=directory or None)
+
+    def log_dataset(self, dataset: Dataset, context: str = "training") -> None:
+        """The dataset as an MLflow dataset input (digest = version) + its manifest as an artifact."""
+        mlflow = _mlflow()
+        from mlflow.entities import DatasetInput, InputTag
+
+        ds = mlflow.data.from_pandas(
+            dataset.manifest, source=str(dataset.root), name=f"dataset-{dataset.version}", digest=dataset.version
+        )
+        tag = InputTag(key="mlflow.data.context", value=context)
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=ds._to_mlflow_entity(), tags=[tag])])
+        buf = io.BytesIO()
+        dataset.manifest.to_parquet(buf, index=False)
+        self.log_artifact_bytes(buf.getvalue(), MANIFEST_ARTIFACT)
+        self.log_dict({"url": str(dataset.root), "version": dataset.version, "meta": dataset.meta},
+                      "dataset/dataset.json")
+        self.set_tags({TAG_DATASET_VERSION: dataset.version, TAG_DATASET_URL: str(dataset.root)})
+
+    def log_config(self, config: LineguardConfig) -> None:
+        """The resolved config: ``config.yaml`` artifact + flattened params."""
+        self.log_text(config.to_yaml(), CONFIG_ARTIFACT)
+        data = config.to_dict()
+        sections = ("preprocess", "augment", "train")
+        self.log_params(flatten({k: data[k] for k in sections}))
+
+    def log_model(self, model: torch.nn.Module, meta: Mapping[str, Any]) -> None:
+        """Weights as safetensors + ``model.json`` (name, width, classes, preprocess) to rebuild it."""
+        from safetensors.torch import save
+
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        self.log_artifact_bytes(save(state), WEIGHTS_ARTIFACT)
+        self.log_dict(dict(meta), MODEL_META_ARTIFACT)
+
+    def log_environment(self) -> None:
+        """pip freeze, torch version and threads, python, platform, git commit."""
+        env = environment()
+        self.log_dict(env, "environment/environment.json")
+        self.log_text(env.pop("pip_freeze_text", ""), "environment/requirements.txt")
+        self.set_tags({TAG_GIT_COMMIT: env["git_commit"], "mlflow.source.git.commit": env["git_commit"]})
+
+
+def environment() -> dict[str, Any]:
+    """What the run ran on; ``pip_freeze_text`` holds the full package list."""
+    import platform
+    import sys
+    from importlib import metadata
+
+    packages = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"])
+    env: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": git_commit(),
+        "pip_freeze_text": "\n".join(packages) + "\n",
+    }
+    try:
+        import torch
+
+        env.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
+                   cuda=torch.cuda.is_available())
+    except ImportError:
+        env["torch"] = "missing"
+    return env
+
+
+def git_commit(path: str | None = None) -> str:
+    """The current git commit of ``path`` (default: this package's checkout), or 'unknown'."""
+    import subprocess
+
+    where = path or str(Path(__file__).resolve().parent)
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5,
+                             check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and len(commit) == 40 else "unknown"
+
+
+@contextmanager
+def start_run(
+    config: LineguardConfig,
+    name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[Run]:
+    """Open a run (nested under ``parent_run_id`` if given); it ends FINISHED, or FAILED on error."""
+    cl = client(config)
+    exp = experiment_id(config, cl)
+    all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    try:
+        created = cl.create_run(exp, run_name=name, tags=all_tags)
+    except Exception as exc:
+        raise TrackingError(f"cannot start a run in '{config.tracking_uri()}': {_one_line(exc)}") from None
+    run = Run(run_id=created.info.run_id, client=cl, experiment_id=exp)
+    try:
+        yield run
+    except BaseException:
+        cl.set_terminated(run.run_id, status="FAILED")
+        raise
+    cl.set_terminated(run.run_id, status="FINISHED")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished (or running) run as plain data."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time_ms: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    experiment_id: str
+    artifact_uri: str
+
+    @property
+    def dataset_version(self) -> str:
+        return self.tags.get(TAG_DATASET_VERSION, "")
+
+    @property
+    def dataset_url(self) -> str:
+        return self.tags.get(TAG_DATASET_URL, "")
+
+
+def _record(run: Any) -> RunRecord:
+    return RunRecord(
+        run_id=run.info.run_id,
+        name=run.info.run_name or "",
+        status=run.info.status,
+        start_time_ms=int(run.info.start_time or 0),
+        params=dict(run.data.params),
+        metrics={k: float(v) for k, v in run.data.metrics.items()},
+        tags={k: v for k, v in run.data.tags.items()},
+        experiment_id=run.info.experiment_id,
+        artifact_uri=run.info.artifact_uri,
+    )
+
+
+def load_run(config: LineguardConfig, run_id: str) -> RunRecord:
+    """A run by id; :class:`TrackingError` if the store has no such run."""
+    cl = client(config)
+    try:
+        return _record(cl.get_run(run_id))
+    except Exception as exc:
+        raise TrackingError(
+            f"run '{run_id}' not found in '{config.tracking_uri()}' ({_one_line(exc)}); see: lineguard runs list"
+        ) from None
+
+
+def list_runs(config: LineguardConfig, max_results: int = 50, filter_string: str = "") -> list[RunRecord]:
+    """Runs of the configured experiment, newest first."""
+    cl = client(config)
+    exp = cl.get_experiment_by_name(config.tracking.experiment)
+    if exp is None:
+        return []
+    runs = cl.search_runs([exp.experiment_id], filter_string=filter_string, max_results=max_results,
+                          order_by=["attributes.start_time DESC"])
+    return [_record(r) for r in runs]
+
+
+def list_artifacts(config: LineguardConfig, run_id: str, path: str | None = None) -> list[str]:
+    """All artifact file paths of a run (recursively)."""
+    cl = client(config)
+    out: list[str] = []
+    for info in cl.list_artifacts(run_id, path):
+        if info.is_dir:
+            out.extend(list_artifacts(config, run_id, info.path))
+        else:
+            out.append(info.path)
+    return out
+
+
+def read_artifact(config: LineguardConfig, run_id: str, path: str) -> bytes:
+    """The bytes of one artifact of a run."""
+    cl = client(config)
+    with tempfile.TemporaryDirectory(prefix="lineguard-dl-") as tmp:
+        try:
+            local = cl.download_artifacts(run_id, path, tmp)
+        except Exception as exc:
+            raise TrackingError(f"run '{run_id}' has no artifact '{path}' ({_one_line(exc)})") from None
+        return Path(local).read_bytes()
+
+
+def load_run_config(config: LineguardConfig, run_id: str) -> LineguardConfig:
+    """The resolved config a run recorded (its ``config.yaml``), validated."""
+    import yaml
+
+    from lineguard.config import LineguardConfig as _Config
+
+    data = yaml.safe_load(read_artifact(config, run_id, CONFIG_ARTIFACT).decode("utf-8"))
+    return _Config.model_validate(data)
+
+
+def load_model_from_run(config: LineguardConfig, run_id: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a run's model from its safetensors weights and ``model.json`` (no pickle involved)."""
+    from safetensors.torch import load
+
+    from lineguard import models
+
+    meta = json.loads(read_artifact(config, run_id, MODEL_META_ARTIFACT).decode("utf-8"))
+    state = load(read_artifact(config, run_id, WEIGHTS_ARTIFACT))
+    model = models.create_model(meta["model"], num_classes=len(meta["classes"]), width=float(meta.get("width", 1.0)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise TrackingError(
+            f"run '{run_id}' weights do not fit {meta['model']}: missing {list(missing)[:5]}, "
+            f"unexpected {list(unexpected)[:5]}"
+        )
+    model.eval()
+    return model, meta
+
+# === tuning and baseline helpers (owned by tune/baseline) ====================================
+
+# === registry: register, aliases, load by alias (owned by evaluation and release) ============
