@@ -26,10 +26,25 @@ class StorageError(LineguardError):
 
 def _storage_options(protocol: str) -> dict[str, Any]:
     if protocol in ("s3", "s3a"):
+        # No listings cache: another process (the edge's sync, a second ingest) may write or
+        # delete objects at any time, and a cached listing would make exists() answer wrongly.
+        options: dict[str, Any] = {"use_listings_cache": False}
         endpoint = os.environ.get("FSSPEC_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
-            return {"client_kwargs": {"endpoint_url": endpoint}}
+            options["client_kwargs"] = {"endpoint_url": endpoint}
+        return options
     return {}
+
+
+_BACKENDS = {
+    "s3": "s3fs (pip install 'lineguard[cloud]')",
+    "s3a": "s3fs (pip install 'lineguard[cloud]')",
+    "gs": "gcsfs (pip install gcsfs)",
+    "gcs": "gcsfs (pip install gcsfs)",
+    "az": "adlfs (pip install adlfs)",
+    "abfs": "adlfs (pip install adlfs)",
+    "abfss": "adlfs (pip install adlfs)",
+}
 
 
 def is_local(url: str) -> bool:
@@ -55,10 +70,9 @@ def filesystem(url: str) -> tuple[Any, str]:
     protocol = protocol or "file"
     try:
         fs, path = fsspec.core.url_to_fs(url, **_storage_options(protocol))
-    except ImportError as exc:
-        raise StorageError(
-            f"no filesystem for '{protocol}://' URLs ({exc}); install lineguard[cloud] for s3://"
-        ) from None
+    except ImportError:
+        package = _BACKENDS.get(protocol, f"the fsspec backend for '{protocol}'")
+        raise StorageError(f"'{url}' needs {package}, which is not installed") from None
     except ValueError as exc:
         raise StorageError(f"cannot open '{url}': {exc}") from None
     return fs, path
@@ -84,13 +98,19 @@ def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
     try:
         with fs.open(path, "rb") as f:
-            return bytes(f.read())
+            data = bytes(f.read())
+        # Object stores "open" a prefix as an empty file; say what it is instead.
+        if not data and not is_local(url) and fs.isdir(path):
+            raise IsADirectoryError(path)
+        return data
     except FileNotFoundError:
         raise StorageError(f"'{url}' does not exist") from None
     except IsADirectoryError:
         raise StorageError(f"'{url}' is a folder, expected a file") from None
     except PermissionError:
         raise StorageError(f"'{url}': permission denied") from None
+    except Exception as exc:  # network or credential errors from any backend
+        raise StorageError(f"cannot read '{url}': {exc}") from None
 
 
 def read_text(url: str) -> str:
@@ -144,6 +164,8 @@ def walk_files(url: str) -> Iterator[str]:
         found = fs.find(root)
     except FileNotFoundError:
         raise StorageError(f"'{url}' does not exist") from None
+    except Exception as exc:  # network or credential errors from any backend
+        raise StorageError(f"cannot list '{url}': {exc}") from None
     for full in sorted(found):
         rel = posixpath.relpath(str(full).replace(os.sep, "/"), root.replace(os.sep, "/"))
         if rel != ".":
