@@ -1,0 +1,213 @@
+"""Latency and throughput of a bundle as the edge runs it, printed as JSON.
+
+Run in a fresh process (``python -m lineguard.edge.bench BUNDLE ...``, which is what
+``lineguard bench`` does) so nothing left over from the caller -- other threads, warm
+caches, a loaded torch -- skews the figures. Three things are timed, each after its own
+warm-up and over the same number of repeats:
+
+- ``model``: the runtime alone on an already preprocessed batch, plus the decision
+  (preprocessing excluded);
+- ``end_to_end``: decoded frames -> preprocess -> model -> decision (preprocessing
+  included), the cost per frame on the line;
+- ``preprocess``: the preprocessing alone.
+
+Frames are the bundle's golden images scaled to ``frame_size`` (default: twice the
+model's input side, so the resize is exercised). Latency is per call (one batch):
+median, p90, p99, mean; throughput is images per second from the mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lineguard import LineguardError
+from lineguard.edge.bundle import GOLDEN_FILE, load_bundle
+from lineguard.edge.predictor import BACKENDS, Predictor
+from lineguard.preprocess import preprocess_batch
+
+
+def latency_summary(times_ms: Sequence[float], batch: int) -> dict[str, float]:
+    """Pure: median, p90, p99, mean, min (ms per call) and throughput (images/s)."""
+    t = np.asarray(times_ms, np.float64)
+    if t.size == 0:
+        raise LineguardError("no timings to summarise")
+    mean = float(t.mean())
+    return {
+        "median_ms": float(np.median(t)),
+        "p90_ms": float(np.quantile(t, 0.90)),
+        "p99_ms": float(np.quantile(t, 0.99)),
+        "mean_ms": mean,
+        "min_ms": float(t.min()),
+        "throughput_per_s": batch * 1000.0 / mean if mean > 0 else float("inf"),
+    }
+
+
+def _time(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    clock = time.perf_counter_ns
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            t0 = clock()
+            fn()
+            out.append((clock() - t0) / 1e6)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return out
+
+
+def _frames(bundle_images: np.ndarray | None, frame_size: tuple[int, int], n: int) -> list[np.ndarray]:
+    """``n`` uint8 frames of ``frame_size`` (h, w): the golden images resized, or a seeded pattern."""
+    from PIL import Image
+
+    fh, fw = frame_size
+    if bundle_images is None or len(bundle_images) == 0:
+        rng = np.random.default_rng(0)
+        return [rng.integers(0, 256, (fh, fw, 3), dtype=np.uint8) for _ in range(n)]
+    out = []
+    for i in range(n):
+        img = bundle_images[i % len(bundle_images)]
+        out.append(np.asarray(Image.fromarray(img).resize((fw, fh), Image.Resampling.BILINEAR)))
+    return out
+
+
+def bench(
+    bundle: str | Path,
+    threads: int = 1,
+    backend: str = "ort",
+    batch: int = 1,
+    repeats: int = 500,
+    warmup: int = 50,
+    frame_size: tuple[int, int] | None = None,
+    precision_hint: str = "f32",
+) -> dict[str, Any]:
+    """Time a bundle in this process; see the module docstring for what is measured."""
+    if repeats < 1 or warmup < 0 or batch < 1:
+        raise LineguardError("repeats and batch must be >= 1 and warmup >= 0")
+    b = load_bundle(bundle)
+    predictor = Predictor(b, threads=threads, backend=backend, precision_hint=precision_hint)
+    params = b.preprocess
+    h, w = params.size
+    size = frame_size or (2 * h, 2 * w)
+    golden = b.load_arrays(GOLDEN_FILE).get("images") if GOLDEN_FILE in b.meta["files"] else None
+    frames = _frames(golden, size, batch)
+    x = preprocess_batch(frames, params)
+    first_decision_ms = _time(lambda: predictor.predict_tensor(x), 0, 1)[0]
+    model = _time(lambda: predictor.predict_tensor(x), warmup, repeats)
+    if batch == 1:
+        frame = frames[0]
+        end_to_end = _time(lambda: predictor.predict(frame), warmup, repeats)
+    else:
+        end_to_end = _time(lambda: predictor.predict(frames), warmup, repeats)
+    pre = _time(lambda: preprocess_batch(frames, params), warmup, repeats)
+    import onnxruntime as ort
+
+    m, e = latency_summary(model, batch), latency_summary(end_to_end, batch)
+    return {
+        "bundle": str(bundle),
+        "name": b.name,
+        "version": b.version,
+        "precision": b.precision,
+        "backend": backend,
+        "precision_hint": precision_hint if backend == "openvino" else None,
+        "threads": threads,
+        "batch": batch,
+        "warmup": warmup,
+        "repeats": repeats,
+        "input_size": [h, w],
+        "frame_size": list(size),
+        "model": m,
+        "end_to_end": e,
+        "preprocess": latency_summary(pre, batch),
+        "preprocess_share": (e["median_ms"] - m["median_ms"]) / e["median_ms"] if e["median_ms"] > 0 else 0.0,
+        "first_call_ms": first_decision_ms,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "python": platform.python_version()},
+        "onnxruntime": ort.__version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def bench_in_subprocess(
+    bundle: str | Path,
+    threads: int = 1,
+    backend: str = "ort",
+    batch: int = 1,
+    repeats: int = 500,
+    warmup: int = 50,
+    frame_size: tuple[int, int] | None = None,
+    precision_hint: str = "f32",
+    timeout_s: float = 900.0,
+) -> dict[str, Any]:
+    """Run :func:`bench` in a fresh Python process and return its JSON result."""
+    cmd = [sys.executable, "-m", "lineguard.edge.bench", str(bundle), "--threads", str(threads), "--backend", backend,
+           "--batch", str(batch), "--repeats", str(repeats), "--warmup", str(warmup),
+           "--precision-hint", precision_hint]
+    if frame_size:
+        cmd += ["--frame-size", f"{frame_size[0]}x{frame_size[1]}"]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        raise LineguardError(f"bench of '{bundle}' did not finish within {timeout_s:.0f} s") from None
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise LineguardError(lines[-1].removeprefix("error: ") if lines else f"bench exited with {proc.returncode}")
+    try:
+        result: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise LineguardError(f"bench printed no JSON: {proc.stdout[-300:]!r}") from None
+    return result
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"frame size must look like 256x256 (height x width), got '{text}'") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError("frame size must be positive")
+    return h, w
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lineguard.edge.bench BUNDLE [--threads N] ...``: print the JSON result."""
+    ap = argparse.ArgumentParser(prog="python -m lineguard.edge.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("bundle")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--backend", choices=BACKENDS, default="ort")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=500)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--frame-size", type=_frame_size, default=None)
+    ap.add_argument("--precision-hint", default="f32", choices=("f32", "bf16", "f16"))
+    args = ap.parse_args(argv)
+    try:
+        result = bench(args.bundle, args.threads, args.backend, args.batch, args.repeats, args.warmup,
+                       args.frame_size, args.precision_hint)
+    except LineguardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""Run a bundle on decoded images: preprocess, infer, calibrate, decide -- nothing else.
+
+:class:`Predictor` opens the bundle's ONNX model in ONNX Runtime (or OpenVINO, an
+optional backend) and turns each image into a :class:`Prediction`: the calibrated
+probability of the positive (defect) class, ``softmax(logits / temperature)``, compared
+with the recipe's threshold from bundle.json (the default threshold for an unknown
+recipe). An item is rejected when ``score >= threshold``, the same rule evaluation used
+to choose the threshold. The hot path is one preprocess call, one session run and a few
+float operations, so batch-1 latency is the model's own.
+
+Imports numpy, onnxruntime, the standard library and :mod:`lineguard.preprocess` only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import numpy as np
+
+from lineguard import LineguardError
+from lineguard.edge.bundle import INPUT_NAME, Bundle, BundleError, load_bundle
+from lineguard.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    decode_image,
+    preprocess,
+    preprocess_batch,
+)
+
+Backend = Literal["ort", "openvino"]
+BACKENDS: tuple[str, ...] = ("ort", "openvino")
+ACCEPT, REJECT = "accept", "reject"
+
+
+class ImageFileError(LineguardError):
+    """An image file that cannot be read or decoded; ``reason`` is the decoder's tag."""
+
+    def __init__(self, path: str, reason: str, detail: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """The decision for one image.
+
+    ``score`` is the calibrated probability of the positive class; ``decision`` is
+    ``reject`` when ``score >= threshold``; ``label`` is the class the decision stands
+    for; ``latency_ms`` is the wall time of the ``predict`` call that produced it
+    (preprocessing included; for a batch, the whole batch).
+    """
+
+    label: str
+    score: float
+    decision: str
+    threshold: float
+    recipe: str | None
+    latency_ms: float
+
+    @property
+    def rejected(self) -> bool:
+        return self.decision == REJECT
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def scores_from_logits(logits: np.ndarray, temperature: float, positive_index: int) -> np.ndarray:
+    """Calibrated probability of the positive class: softmax(logits / T)[positive], float64."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e[:, positive_index] / e.sum(axis=1))
+
+
+def decision_parity(
+    expected_logits: np.ndarray,
+    actual_logits: np.ndarray,
+    thresholds: np.ndarray | float,
+    temperature: float,
+    positive_index: int,
+    atol: float,
+) -> dict[str, Any]:
+    """Pure: do two runs of the same images decide alike, allowing for the logit tolerance?
+
+    ``agreement`` is the raw fraction of equal decisions. An image whose expected margin
+    lies within ``2 * atol`` of the threshold's margin (two logits each moved by up to
+    ``atol``) may flip without the runs being out of tolerance; such images are counted
+    in ``near_threshold`` and excluded from ``flips``, the decisions that disagree where
+    they must not. Parity holds when ``flips == 0`` and every logit is within ``atol``.
+    """
+    le, la = np.asarray(expected_logits, np.float64), np.asarray(actual_logits, np.float64)
+    se, sa = scores_from_logits(le, temperature, positive_index), scores_from_logits(la, temperature, positive_index)
+    t = np.broadcast_to(np.asarray(thresholds, np.float64), se.shape)
+    same = (se >= t) == (sa >= t)
+    if le.ndim == 2 and le.shape[1] == 2 and len(le):
+        margin = le[:, positive_index] - le[:, 1 - positive_index]
+        tc = np.clip(t, 1e-12, 1 - 1e-12)
+        near = np.abs(margin - temperature * np.log(tc / (1 - tc))) <= 2 * atol
+    else:
+        near = np.abs(se - t) <= atol / float(temperature)
+    return {
+        "agreement": float(same.mean()) if len(same) else 1.0,
+        "near_threshold": int(near.sum()),
+        "flips": int((~same & ~near).sum()),
+        "max_abs_logit_diff": float(np.max(np.abs(le - la), initial=0.0)),
+        "max_abs_score_diff": float(np.max(np.abs(se - sa), initial=0.0)),
+    }
+
+
+class _OrtRunner:
+    """ONNX Runtime session with LineGuard's latency settings."""
+
+    def __init__(self, model_path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise BundleError(f"ONNX Runtime cannot load '{model_path}': {str(exc).splitlines()[0][:300]}") from None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._logits_only = ["logits"]
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(self._logits_only, {INPUT_NAME: x})[0]  # type: ignore[no-any-return]
+
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, {INPUT_NAME: x}), strict=True))
+
+
+class _OpenVinoRunner:
+    """OpenVINO CPU plugin with an explicit precision hint (its bf16 default changes results)."""
+
+    def __init__(self, model_path: Path, threads: int, precision_hint: str) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise LineguardError(
+                "backend 'openvino' needs the openvino package: pip install 'lineguard[openvino]'"
+            ) from None
+        core = ov.Core()
+        config = {
+            "INFERENCE_PRECISION_HINT": precision_hint,
+            "INFERENCE_NUM_THREADS": int(threads),
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        try:
+            compiled = core.compile_model(str(model_path), "CPU", config)
+        except Exception as exc:
+            raise BundleError(f"OpenVINO cannot load '{model_path}': {str(exc).splitlines()[0][:300]}") from None
+        self.precision_hint = precision_hint
+        self.request = compiled.create_infer_request()
+        self.output_names = [o.get_any_name() for o in compiled.outputs]
+        self._logits_index = self.output_names.index("logits")
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        self.request.infer({0: x})
+        return np.array(self.request.get_output_tensor(self._logits_index).data)
+
+    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        self.request.infer({0: x})
+        return {n: np.array(self.request.get_output_tensor(i).data) for i, n in enumerate(self.output_names)}
+
+
+class Predictor:
+    """Decisions from a bundle. ``Predictor(bundle, threads=1, backend='ort')``.
+
+    ``bundle`` is a :class:`Bundle` or a path (loaded and verified with
+    :func:`load_bundle`). ``threads`` is the runtime's intra-op thread count (1 is the
+    latency setting for a small model on a small device). ``backend='openvino'`` needs
+    the optional openvino package; ``precision_hint`` is passed to it explicitly (``f32``
+    by default, ``bf16`` is faster on some CPUs but moves logits by ~1 %).
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle | str | Path,
+        threads: int = 1,
+        backend: Backend | str = "ort",
+        precision_hint: str = "f32",
+    ) -> None:
+        if threads < 1:
+            raise LineguardError(f"threads must be >= 1, got {threads}")
+        if backend not in BACKENDS:
+            raise LineguardError(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.threads = threads
+        self.backend = backend
+        self.params = self.bundle.preprocess
+        self._runner: _OrtRunner | _OpenVinoRunner
+        if backend == "ort":
+            self._runner = _OrtRunner(self.bundle.model_path, threads)
+        else:
+            self._runner = _OpenVinoRunner(self.bundle.model_path, threads, precision_hint)
+        self._inv_t = 1.0 / self.bundle.temperature
+        self._pos = self.bundle.positive_index
+        self._classes = self.bundle.classes
+        self._two_class = len(self._classes) == 2
+        self._other = 1 - self._pos if self._two_class else -1
+
+    # --- raw model access (benchmarks, parity checks, monitoring) ------------------------------
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Nx3xHxW float32 (already preprocessed) -> N x classes logits."""
+        return self._runner.logits(batch)
+
+    def outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """All model outputs (``logits``, ``embedding``) for a preprocessed batch."""
+        return self._runner.outputs(batch)
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated positive-class probabilities for a batch of logits."""
+        return scores_from_logits(logits, self.bundle.temperature, self._pos)
+
+    # --- decisions -------------------------------------------------------------------------------
+
+    def _decide(self, row: np.ndarray, recipe: str | None, latency_ms: float) -> Prediction:
+        if self._two_class:
+            z = (float(row[self._pos]) - float(row[self._other])) * self._inv_t
+            score = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+        else:
+            score = float(scores_from_logits(row[None, :], self.bundle.temperature, self._pos)[0])
+        threshold = self.bundle.threshold_for(recipe)
+        if score >= threshold:
+            return Prediction(self.bundle.positive_class, score, REJECT, threshold, recipe, latency_ms)
+        if self._two_class:
+            label = self._classes[self._other]
+        else:
+            masked = np.array(row, dtype=np.float64)
+            masked[self._pos] = -np.inf
+            label = self._classes[int(np.argmax(masked))]
+        return Prediction(label, score, ACCEPT, threshold, recipe, latency_ms)
+
+    def _predict_one(self, image: np.ndarray, recipe: str | None) -> Prediction:
+        t0 = time.perf_counter()
+        row = self._runner.logits(preprocess(image, self.params)[None])[0]
+        return self._decide(row, recipe, (time.perf_counter() - t0) * 1000.0)
+
+    def predict_tensor(
+        self, batch: np.ndarray, recipe: str | Sequence[str | None] | None = None
+    ) -> list[Prediction]:
+        """Decisions for an already preprocessed Nx3xHxW float32 batch (no preprocessing timed)."""
+        t0 = time.perf_counter()
+        logits = self._runner.logits(batch)
+        recipes = _recipes_for(recipe, len(logits))
+        ms = (time.perf_counter() - t0) * 1000.0
+        return [self._decide(row, r, ms) for row, r in zip(logits, recipes, strict=True)]
+
+    @overload
+    def predict(self, images: np.ndarray, recipe: str | None = None) -> Prediction | list[Prediction]: ...
+
+    @overload
+    def predict(
+        self, images: Sequence[np.ndarray], recipe: str | Sequence[str | None] | None = None
+    ) -> list[Prediction]: ...
+
+    def predict(
+        self, images: np.ndarray | Sequence[np.ndarray], recipe: str | Sequence[str | None] | None = None
+    ) -> Prediction | list[Prediction]:
+        """Decide one decoded HxWx3 uint8 RGB image (-> Prediction) or a batch (-> list).
+
+        A batch is a list of images (any sizes) or an NxHxWx3 array. ``recipe`` selects
+        the threshold: one name for all images, or one per image; None or an unknown
+        recipe uses the bundle's default threshold.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            if recipe is not None and not isinstance(recipe, str):
+                raise LineguardError("a single image takes a single recipe name")
+            return self._predict_one(images, recipe)
+        t0 = time.perf_counter()
+        if isinstance(images, np.ndarray) and images.ndim != 4:
+            raise LineguardError(f"predict expects an HxWx3 image or a batch, got an array of shape {images.shape}")
+        batch = list(images)
+        if not batch:
+            return []
+        x = preprocess_batch(batch, self.params)
+        logits = self._runner.logits(x)
+        recipes = _recipes_for(recipe, len(batch))
+        ms = (time.perf_counter() - t0) * 1000.0
+        return [self._decide(row, r, ms) for row, r in zip(logits, recipes, strict=True)]
+
+    def predict_file(self, path: str | Path, recipe: str | None = None) -> Prediction:
+        """Read, decode and decide one image file; ImageFileError names the file if it is unusable."""
+        p = Path(path)
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise ImageFileError(str(p), "unreadable", f"cannot read file: {exc.strerror or exc}") from None
+        try:
+            image = decode_image(data, DEFAULT_MAX_PIXELS)
+        except ImageDecodeError as exc:
+            raise ImageFileError(str(p), exc.reason, f"not a usable image ({exc})") from None
+        return self._predict_one(image, recipe)
+
+
+def _recipes_for(recipe: str | Sequence[str | None] | None, n: int) -> list[str | None]:
+    if recipe is None or isinstance(recipe, str):
+        return [recipe] * n
+    recipes = list(recipe)
+    if len(recipes) != n:
+        raise LineguardError(f"got {len(recipes)} recipes for {n} images; pass one recipe or one per image")
+    return recipes
+
+
+def verify_bundle(bundle: Bundle | str | Path, threads: int = 1, backend: Backend | str = "ort") -> dict[str, Any]:
+    """Re-check a bundle on this machine: hashes, schema, model loads, golden-batch parity.
+
+    The golden images are preprocessed here and run through the runtime; every logit must
+    be within the bundle's parity tolerance of the expected outputs recorded at export,
+    and every decision must be the same. Returns the figures; raises BundleError on any
+    failure (hash and schema failures come from :func:`load_bundle`).
+    """
+    from lineguard.edge.bundle import GOLDEN_FILE
+    from lineguard.preprocess import normalise
+
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    parity = b.meta.get("parity") or {}
+    if GOLDEN_FILE not in b.meta["files"]:
+        raise BundleError(f"bundle '{b.source}' has no {GOLDEN_FILE}: parity cannot be re-checked")
+    golden = b.load_arrays(GOLDEN_FILE)
+    for key in ("images", "expected_logits"):
+        if key not in golden:
+            raise BundleError(f"bundle '{b.source}': {GOLDEN_FILE} has no '{key}' array")
+    images = golden["images"]
+    h, w = b.preprocess.size
+    if images.ndim != 4 or images.shape[1:] != (h, w, 3) or images.dtype != np.uint8:
+        raise BundleError(f"bundle '{b.source}': golden images are {images.shape} {images.dtype}, expected Nx{h}x{w}x3 uint8")
+    atol = float(parity.get("atol", 1e-4))
+    predictor = Predictor(b, threads=threads, backend=backend)
+    x = np.stack([normalise(img, b.preprocess) for img in images]) if len(images) else np.zeros((0, 3, h, w), np.float32)
+    outputs = predictor.outputs(x) if len(x) else {"logits": np.zeros((0, len(b.classes)), np.float32)}
+    expected = golden["expected_logits"].astype(np.float64)
+    logits = np.asarray(outputs["logits"], np.float64)
+    if logits.shape != expected.shape:
+        raise BundleError(f"bundle '{b.source}': model gives logits {logits.shape}, golden.npz expects {expected.shape}")
+    recipes = [str(r) or None for r in golden.get("recipes", np.array([""] * len(images)))]
+    thresholds = np.array([b.threshold_for(r) for r in recipes], np.float64)
+    figures = decision_parity(expected, logits, thresholds, b.temperature, b.positive_index, atol)
+    emb_diff = None
+    if "expected_embedding" in golden and "embedding" in outputs:
+        emb_diff = float(np.max(np.abs(outputs["embedding"] - golden["expected_embedding"]), initial=0.0))
+    report = {
+        "bundle": b.source, "name": b.name, "version": b.version, "precision": b.precision, "backend": backend,
+        "n": len(images), "atol": atol, "max_abs_logit_diff": figures["max_abs_logit_diff"],
+        "max_abs_embedding_diff": emb_diff, "max_abs_score_diff": figures["max_abs_score_diff"],
+        "decision_agreement": figures["agreement"], "near_threshold": figures["near_threshold"],
+        "decision_flips": figures["flips"], "files": len(b.meta["files"]), "hashes": "ok",
+    }
+    report["passed"] = figures["max_abs_logit_diff"] <= atol and figures["flips"] == 0
+    if not report["passed"]:
+        raise BundleError(
+            f"bundle '{b.source}' fails its parity re-check on this machine: max |logit diff| "
+            f"{report['max_abs_logit_diff']:.2e} (tolerance {atol:g}), {report['decision_flips']} of {len(images)} "
+            "golden decisions differ"
+        )
+    return report
