@@ -1,0 +1,166 @@
+"""The labelling rules: folder and file-name tokens, CSV cells, recipes, conflicts, safe paths.
+
+Pure functions over path strings and table rows (no I/O), so every rule is unit-tested.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from lineguard.config import IngestConfig
+
+
+def normalise_name(name: str) -> str:
+    """Recipe/class id from a messy name: lower-case, runs of non-alphanumerics -> '_', trimmed."""
+    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
+
+
+def _tokens(name: str) -> list[str]:
+    return [t for t in re.split(r"[^0-9a-z]+", name.lower()) if t]
+
+
+def _stem(filename: str) -> str:
+    base = filename.rsplit("/", 1)[-1]
+    return base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
+
+
+class LabelRules:
+    """The explicit labelling rules of one :class:`IngestConfig` (pure; no I/O)."""
+
+    def __init__(self, config: IngestConfig) -> None:
+        self.config = config
+        table: list[tuple[tuple[str, ...], str]] = []
+        for cls, words in config.label_synonyms.items():
+            for word in {cls, *words}:
+                toks = tuple(_tokens(word))
+                if toks:
+                    table.append((toks, cls))
+        # Longest synonym first, so "not ok" is 'bad' and never the 'ok' inside it.
+        self._synonyms = sorted(set(table), key=lambda t: (-len(t[0]), t))
+        self._cache: dict[str, frozenset[str]] = {}
+        self._defects = sorted({normalise_name(d) for d in config.defect_types if normalise_name(d)}, key=lambda d: -len(d))
+
+    def classes_in(self, name: str) -> set[str]:
+        """Every class whose synonym appears as whole tokens in ``name``."""
+        cached = self._cache.get(name)
+        if cached is None:
+            cached = self._cache[name] = frozenset(self._classes_in(name))
+        return set(cached)
+
+    def _classes_in(self, name: str) -> set[str]:
+        toks, found, i = _tokens(name), set(), 0
+        while i < len(toks):
+            for syn, cls in self._synonyms:
+                if tuple(toks[i : i + len(syn)]) == syn:
+                    found.add(cls)
+                    i += len(syn)
+                    break
+            else:
+                i += 1
+        return found
+
+    def csv_label(self, cell: str) -> str | None:
+        """A CSV label cell: a synonym maps to its class, any other non-empty value is used as a class."""
+        if not cell.strip():
+            return None
+        found = self.classes_in(cell)
+        if len(found) == 1 and len(_tokens(cell)) <= 3:
+            return found.pop()
+        return normalise_name(cell) or None
+
+    def defect_in(self, names: list[str]) -> str:
+        for name in names:
+            joined = "_" + "_".join(_tokens(name)) + "_"
+            for defect in self._defects:
+                if f"_{defect}_" in joined:
+                    return defect
+        return ""
+
+
+@dataclass
+class _LabelVotes:
+    """Label/recipe/defect candidates of one file, by source."""
+
+    label: dict[str, set[str]] = field(default_factory=dict)  # source -> values
+    recipe: dict[str, set[str]] = field(default_factory=dict)
+    defect: str = ""
+
+
+def path_votes(source_path: str, rules: LabelRules, class_folders: bool) -> _LabelVotes:
+    """Label and recipe candidates from a file's folder names and file name."""
+    parts = source_path.split("/")
+    folders, filename = parts[:-1], parts[-1]
+    votes = _LabelVotes()
+    folder_labels: set[str] = set()
+    for i, folder in enumerate(folders):
+        found = rules.classes_in(folder)
+        if class_folders and i == 0 and not found:
+            found = {normalise_name(folder)} if normalise_name(folder) else set()
+        folder_labels |= found
+    if folder_labels:
+        votes.label["folder"] = folder_labels
+    file_labels = rules.classes_in(_stem(filename))
+    if file_labels:
+        votes.label["filename"] = file_labels
+    if folders and not class_folders and not rules.classes_in(folders[0]) and normalise_name(folders[0]):
+        votes.recipe["top_folder"] = {normalise_name(folders[0])}
+    votes.defect = rules.defect_in([_stem(filename), *reversed(folders)])
+    return votes
+
+
+def safe_relpath(raw: str) -> str | None:
+    """A relative POSIX path that stays inside its root, or None (absolute, drive, URL, '..', empty)."""
+    p = raw.strip().replace("\\", "/")
+    if not p or "://" in p or p.startswith("/") or re.match(r"^[A-Za-z]:", p) or "\x00" in p:
+        return None
+    parts = [s for s in p.split("/") if s not in ("", ".")]
+    if not parts or any(s == ".." for s in parts):
+        return None
+    return "/".join(parts)
+
+
+def resolve(
+    path: str, votes: _LabelVotes, table_rows: list[dict[str, str]], rules: LabelRules, config: IngestConfig
+) -> tuple[str | None, str | None, str, str, dict[str, Any] | None]:
+    """(label, recipe, defect, label_source, conflict) for one file from all its sources."""
+    label_votes = {k: set(v) for k, v in votes.label.items()}
+    recipe_votes = {k: set(v) for k, v in votes.recipe.items()}
+    defect = votes.defect
+    for row in table_rows:
+        lab = rules.csv_label(row.get("label", ""))
+        if lab:
+            label_votes.setdefault("csv", set()).add(lab)
+        rec = normalise_name(row.get("recipe", ""))
+        if rec:
+            recipe_votes.setdefault("csv", set()).add(rec)
+        if row.get("defect_type", "").strip():
+            defect = normalise_name(row["defect_type"])
+    labels = set().union(*label_votes.values()) if label_votes else set()
+    if len(labels) > 1:
+        return None, None, "", "", {"source_path": path, "field": "label",
+                                    "values": {k: sorted(v) for k, v in sorted(label_votes.items())}}
+    recipe_sources = [s for s in ("labelstudio", *config.recipe_from) if s in recipe_votes]
+    checked = {s: recipe_votes[s] for s in recipe_sources}
+    recipes = set().union(*checked.values()) if checked else set()
+    if len(recipes) > 1:
+        return None, None, "", "", {"source_path": path, "field": "recipe",
+                                    "values": {k: sorted(v) for k, v in sorted(checked.items())}}
+    if not labels:
+        return None, (recipes.pop() if recipes else None), defect, "", None
+    label = labels.pop()
+    source = next(s for s in ("labelstudio", "csv", "folder", "filename") if s in label_votes)
+    return label, (recipes.pop() if recipes else None), defect, source, None
+
+
+def recipe_from_filename(path: str, known: list[str]) -> str | None:
+    toks = "_" + "_".join(_tokens(_stem(path))) + "_"
+    hits = [r for r in known if f"_{r}_" in toks]
+    if not hits:
+        return None
+    best = max(len(r) for r in hits)
+    longest = [r for r in hits if len(r) == best]
+    return longest[0] if len(longest) == 1 else None
+
+
