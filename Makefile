@@ -36,5 +36,9 @@ typecheck: install
 bench: install
 	$(BIN)/python benchmarks/run_all.py
 
+# The YOLO nano peer, in its own venv (.bench-peers): benchmark-only, never a LineGuard dependency (AGPL).
+bench-peers: install
+	bash benchmarks/peers/run.sh
+
 clean:
 	rm -rf $(VENV) lineguard-work .pytest_cache .mypy_cache .ruff_cache
