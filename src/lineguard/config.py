@@ -43,6 +43,14 @@ class SynthConfig(_Section):
     size: int = Field(128, ge=32, le=1024, description="image side in pixels")
     seed: int = 0
     difficulty: float = Field(0.5, ge=0.0, le=1.0, description="0 = clean studio shots, 1 = harsh line")
+    messy: bool = Field(False, description="store it the way a first real dataset arrives (docs/data-layout.md)")
+    drift: Literal["dirty-lens", "lighting", "blur", "color-cast", "camera-shift", "new-recipe"] | None = Field(
+        None, description="change every image (or draw an unseen recipe) to test drift monitoring")
+    severity: float = Field(0.5, ge=0.0, le=1.0, description="drift strength (new-recipe: share of items)")
+    workers: int = Field(0, ge=0, description="drawing processes; 0 = the usable cores, at most 4")
+    video_cones: int = Field(24, ge=1, description="cones in a --video file")
+    video_fps: int = Field(30, ge=1, le=240)
+    video_frames_per_cone: int = Field(10, ge=2, le=200, description="frames a cone takes to cross the view")
 
 
 class IngestConfig(_Section):
@@ -78,7 +86,12 @@ class IngestConfig(_Section):
     max_archive_bytes: int = Field(
         4_000_000_000, ge=1, description="largest archive read, and largest total of its unpacked members"
     )
-    near_duplicate_bits: int = Field(4, ge=0, le=32, description="perceptual-hash Hamming distance for a near duplicate")
+    near_duplicate_bits: int = Field(
+        8, ge=0, le=32, description="near duplicates: at most this many of the 64 perceptual-hash bits differ..."
+    )
+    near_duplicate_max_diff: float = Field(
+        3.5, ge=0.0, le=255.0, description="...and their 16x16 colour thumbnails differ by at most this (0-255 scale)"
+    )
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
     balance_test: bool = Field(True, description="downsample the majority class of the test split per recipe")
     workers: int = Field(2, ge=0, le=64, description="processes decoding and hashing images; 0 = in-process")
@@ -120,9 +133,9 @@ class PreprocessConfig(_Section):
 
 
 class AugmentConfig(_Section):
-    """Training-only augmentation. ``strength`` scales every magnitude below at once."""
+    """Training-only augmentation. ``strength`` scales every magnitude below at once; 0 turns it all off."""
 
-    strength: float = Field(1.0, ge=0.0, le=3.0)
+    strength: float = Field(0.5, ge=0.0, le=3.0, description="scales every magnitude; 0 = no augmentation")
     hflip: float = Field(0.5, ge=0.0, le=1.0, description="probability")
     vflip: float = Field(0.0, ge=0.0, le=1.0, description="probability")
     rotate_deg: float = Field(15.0, ge=0.0, le=180.0)
@@ -140,17 +153,18 @@ class AugmentConfig(_Section):
 class TrainConfig(_Section):
     """One training run. Transfer learning and distillation are options of the same loop."""
 
-    model: str = "mobilenetv3_small"
+    # tinycnn: the model that meets the edge budget (P1); see docs/training.md.
+    model: str = Field("tinycnn", description="architecture, a key of lineguard.models.MODELS")
     width: float = Field(1.0, gt=0.0, le=2.0, description="width multiplier of the architecture")
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0.0)
+    lr: float = Field(1e-2, gt=0.0, description="peak AdamW learning rate (after warm-up, then cosine decay)")
     backbone_lr_scale: float = Field(0.1, gt=0.0, le=1.0, description="backbone lr factor when fine-tuning")
     weight_decay: float = Field(0.05, ge=0.0)
     warmup_epochs: float = Field(1.0, ge=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     balance: Literal["sampler", "loss", "none"] = "sampler"
-    patience: int = Field(8, ge=1, description="early stopping: epochs without val balanced-accuracy gain")
+    patience: int = Field(10, ge=1, description="early stopping: epochs without val balanced-accuracy gain")
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -166,24 +180,61 @@ class TrainConfig(_Section):
 
 
 class TuneConfig(_Section):
-    """Hyperparameter search (Optuna). The search space lists the choices per parameter."""
+    """Hyperparameter search (Optuna TPE + median pruning). The search space lists the choices.
 
-    trials: int = Field(20, ge=1)
-    storage: str | None = Field(None, description="Optuna RDB URL; default sqlite under the workdir")
-    study: str = "lineguard"
+    ``lr``, ``weight_decay`` and ``augment_strength`` are (low, high) ranges (lr and weight
+    decay searched on a log scale); ``width``, ``size`` and ``models`` are lists of choices.
+    """
+
+    trials: int = Field(20, ge=1, description="trials in all (split over the workers)")
+    workers: int = Field(1, ge=1, description="processes sharing the study on this machine")
+    storage: str | None = Field(None, description="Optuna RDB URL; default sqlite:///<workdir>/optuna.db")
+    study: str = Field("lineguard", min_length=1, description="study name; runs with the same name add trials")
     epochs: int = Field(8, ge=1, description="epochs per trial")
     lr: tuple[float, float] = (3e-4, 1e-2)
     weight_decay: tuple[float, float] = (1e-4, 0.1)
-    width: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0])
-    size: list[int] = Field(default_factory=lambda: [96, 128])
+    width: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0], min_length=1)
+    size: list[int] = Field(default_factory=lambda: [96, 128], min_length=1)
     augment_strength: tuple[float, float] = (0.0, 1.5)
-    models: list[str] = Field(default_factory=lambda: ["mobilenetv3_small", "tinycnn"])
+    models: list[str] = Field(default_factory=lambda: ["mobilenetv3_small", "tinycnn"], min_length=1)
+    prune: bool = Field(True, description="stop trials whose val balanced accuracy is below the median")
+    prune_startup_trials: int = Field(3, ge=0, description="finished trials before pruning starts")
+    prune_warmup_epochs: int = Field(2, ge=0, description="epochs a trial always runs before it can be pruned")
+
+    @field_validator("lr", "weight_decay")
+    @classmethod
+    def _log_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"must be [low, high] with 0 < low <= high, got {list(v)}")
+        return v
+
+    @field_validator("augment_strength")
+    @classmethod
+    def _strength_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] <= v[1] <= 3:
+            raise ValueError(f"must be [low, high] with 0 <= low <= high <= 3, got {list(v)}")
+        return v
+
+    @field_validator("width")
+    @classmethod
+    def _widths(cls, v: list[float]) -> list[float]:
+        if any(not 0 < w <= 2 for w in v):
+            raise ValueError(f"every width must be in (0, 2], got {v}")
+        return v
+
+    @field_validator("size")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if any(s < 32 for s in v):
+            raise ValueError(f"every input size must be at least 32 px, got {v}")
+        return v
 
 
 class TrackingConfig(_Section):
     """MLflow. The default is a SQLite store and a local artifact folder under the workdir."""
 
-    uri: str | None = Field(None, description="tracking URI; default sqlite:///<workdir>/mlflow.db")
+    uri: str | None = Field(None, description="tracking URI (sqlite:///PATH or http://HOST:PORT); "
+                            "default sqlite:///<workdir>/mlflow.db, artifacts in <workdir>/mlartifacts")
     experiment: str = "lineguard"
     registered_model: str = "lineguard-model"
 
@@ -234,20 +285,46 @@ class GateConfig(_Section):
 
 
 class ExportConfig(_Section):
-    opset: int = Field(18, ge=17)
-    golden_size: int = Field(64, ge=1, description="images in the fixed parity batch")
+    """torch -> ONNX and the bundle: parity tolerance, golden batch, reference statistics."""
+
+    opset: int = Field(18, ge=17, description="ONNX opset of the exported model")
+    golden_size: int = Field(64, ge=1, description="images in the fixed parity batch (from val/test)")
     atol: float = Field(1e-4, gt=0.0, description="max |logit difference| torch vs ONNX")
+    reference_images: int = Field(500, ge=1, description="training images sampled for drift reference statistics")
 
 
 class CompressConfig(_Section):
-    budget_ms: float = Field(1.0, gt=0.0, description="latency budget per image, batch 1, 1 thread")
-    max_drop: float = Field(0.003, ge=0.0, le=1.0, description="max balanced-accuracy drop vs float")
-    prune_ratios: list[float] = Field(default_factory=lambda: [0.25, 0.5])
-    finetune_epochs: int = Field(3, ge=0)
-    calibration_images: int = Field(256, ge=1)
+    """Compression candidates (INT8, pruning, distillation, OpenVINO) and how one is chosen."""
+
+    budget_ms: float = Field(1.0, gt=0.0, description="latency budget per image (median, batch 1)")
+    budget_threads: int = Field(1, ge=1, description="thread count the budget applies to")
+    max_drop: float = Field(0.003, ge=0.0, le=1.0, description="max balanced-accuracy drop vs float (0.003 = 0.3 points)")
+    int8: bool = Field(True, description="build the static INT8 (QDQ) candidate")
+    calibration_images: int = Field(256, ge=1, description="training images INT8 activations are calibrated on")
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    warmup: int = Field(50, ge=0)
-    repeats: int = Field(500, ge=10)
+    per_channel: bool = Field(True, description="per-channel INT8 weights")
+    activation_type: Literal["uint8", "int8"] = Field(
+        "uint8", description="INT8 activations: uint8 (U8S8, fastest on x86 without VNNI) or int8 (S8S8)"
+    )
+    prune_ratios: list[float] = Field(default_factory=lambda: [0.25, 0.5], description="fraction of channels removed")
+    finetune_epochs: int = Field(3, ge=0, description="epochs of fine-tuning after pruning")
+    finetune_lr_scale: float = Field(0.3, gt=0.0, le=1.0, description="fine-tuning lr relative to train.lr")
+    distill: bool = Field(True, description="train a smaller student with the run as teacher")
+    student_model: str | None = Field(None, description="student architecture; None = the teacher's")
+    student_width_scale: float = Field(0.5, gt=0.0, le=1.0, description="student width relative to the teacher's")
+    student_epochs: int | None = Field(None, ge=1, description="student training epochs; None = train.epochs")
+    openvino: bool = Field(True, description="measure the fp32 model on OpenVINO too (when installed)")
+    on_no_fit: Literal["error", "fp32"] = Field(
+        "error", description="nothing fits the budget: fail (error) or bundle fp32 and say so (fp32)"
+    )
+    backends: list[Literal["ort", "openvino"]] = Field(
+        default_factory=lambda: list[Literal["ort", "openvino"]](["ort"]),
+        description="backends the edge may deploy with; others are compared only",
+    )
+    threads: list[int] = Field(default_factory=lambda: [1, 2], description="thread counts latency is measured at")
+    warmup: int = Field(50, ge=0, description="untimed runs before timing, per subprocess")
+    repeats: int = Field(500, ge=10, description="timed runs per candidate and thread count")
+    rounds: int = Field(5, ge=1, description="repeats are split over this many interleaved fresh subprocesses")
 
 
 class LineguardConfig(_Section):

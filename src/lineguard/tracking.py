@@ -58,7 +58,13 @@ def _mlflow() -> Any:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import logging
+
     import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
     return mlflow
 
@@ -202,13 +208,18 @@ class Run:
     def log_dataset(self, dataset: Dataset, context: str = "training") -> None:
         """The dataset as an MLflow dataset input (digest = version) + its manifest as an artifact."""
         mlflow = _mlflow()
+        import warnings
+
         from mlflow.entities import DatasetInput, InputTag
 
-        ds = mlflow.data.from_pandas(
-            dataset.manifest, source=str(dataset.root), name=f"dataset-{dataset.version}", digest=dataset.version
-        )
+        with warnings.catch_warnings():  # MLflow's hints about integer columns and source types
+            warnings.simplefilter("ignore")
+            ds = mlflow.data.from_pandas(
+                dataset.manifest, source=str(dataset.root), name=f"dataset-{dataset.version}", digest=dataset.version
+            )
+            entity = ds._to_mlflow_entity()
         tag = InputTag(key="mlflow.data.context", value=context)
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=ds._to_mlflow_entity(), tags=[tag])])
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=entity, tags=[tag])])
         buf = io.BytesIO()
         dataset.manifest.to_parquet(buf, index=False)
         self.log_artifact_bytes(buf.getvalue(), MANIFEST_ARTIFACT)
@@ -417,3 +428,155 @@ def load_model_from_run(config: LineguardConfig, run_id: str) -> tuple[torch.nn.
 # === tuning and baseline helpers (owned by tune/baseline) ====================================
 
 # === registry: register, aliases, load by alias (owned by evaluation and release) ============
+
+# The aliases the release flow moves: the model on the line, and the one under test.
+ALIAS_CHAMPION = "champion"
+ALIAS_CHALLENGER = "challenger"
+_RUN_ID_CHARS = set("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class ModelVersionRecord:
+    """One registered model version as plain data."""
+
+    name: str
+    version: str
+    run_id: str
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+    source: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def _version_record(mv: Any) -> ModelVersionRecord:
+    return ModelVersionRecord(
+        name=str(mv.name), version=str(mv.version), run_id=str(mv.run_id or ""),
+        aliases=tuple(getattr(mv, "aliases", []) or []), tags=dict(mv.tags or {}), source=str(mv.source or ""),
+    )
+
+
+def _model_name(config: LineguardConfig, name: str | None) -> str:
+    return name or config.tracking.registered_model
+
+
+def find_version(config: LineguardConfig, run_id: str, name: str | None = None) -> ModelVersionRecord | None:
+    """The registered version made from ``run_id`` (the newest if several), or None."""
+    cl = client(config)
+    model = _model_name(config, name)
+    try:
+        found = cl.search_model_versions(f"name = '{model}' and run_id = '{run_id}'")
+    except Exception:
+        return None
+    if not found:
+        return None
+    newest = max(found, key=lambda mv: int(mv.version))
+    return get_version(config, str(newest.version), model)
+
+
+def get_version(config: LineguardConfig, version: str, name: str | None = None) -> ModelVersionRecord:
+    """A registered version by number; :class:`TrackingError` if it does not exist."""
+    model = _model_name(config, name)
+    try:
+        return _version_record(client(config).get_model_version(model, str(version)))
+    except LineguardError:
+        raise
+    except Exception as exc:
+        raise TrackingError(f"model '{model}' has no version {version} ({_one_line(exc)})") from None
+
+
+def register(
+    config: LineguardConfig, run_id: str, name: str | None = None, evaluation: Mapping[str, Any] | None = None
+) -> str:
+    """Register a training run's model as a new version of ``name`` (default tracking.registered_model).
+
+    Idempotent: a run already registered returns its existing version (its tags are
+    updated). ``evaluation`` (e.g. ``EvaluationResult.headline()``) is flattened into
+    version tags ``eval.*`` so the registry shows how good each version is.
+    """
+    run = load_run(config, run_id)
+    if WEIGHTS_ARTIFACT not in list_artifacts(config, run_id, "model"):
+        raise TrackingError(f"run '{run_id}' has no model artifact (model/model.safetensors); was it a training run?")
+    model = _model_name(config, name)
+    cl = client(config)
+    tags: dict[str, str] = {TAG_DATASET_VERSION: run.dataset_version, TAG_MODEL: run.tags.get(TAG_MODEL, "")}
+    for key, value in flatten(dict(evaluation or {}), "eval.").items():
+        if value not in ("None", "[]", "{}"):
+            tags[key] = value[:5000]
+    existing = find_version(config, run_id, model)
+    try:
+        if existing is not None:
+            for k, v in tags.items():
+                cl.set_model_version_tag(model, existing.version, k, v)
+            return existing.version
+        try:
+            cl.get_registered_model(model)
+        except Exception:
+            cl.create_registered_model(model, description="LineGuard inspection models (see lineguard gate/promote)")
+        mv = cl.create_model_version(model, source=f"{run.artifact_uri}/model", run_id=run_id, tags=tags)
+        return str(mv.version)
+    except LineguardError:
+        raise
+    except Exception as exc:
+        raise TrackingError(f"cannot register run '{run_id}' as '{model}': {_one_line(exc)}") from None
+
+
+def set_version_tags(config: LineguardConfig, version: str, tags: Mapping[str, Any], name: str | None = None) -> None:
+    """Set tags on a registered version (gate results, promotion records)."""
+    model = _model_name(config, name)
+    cl = client(config)
+    for k, v in tags.items():
+        cl.set_model_version_tag(model, str(version), str(k), str(v)[:5000])
+
+
+def set_alias(config: LineguardConfig, alias: str, version: str, name: str | None = None) -> None:
+    """Point ``alias`` (e.g. champion, challenger) of the registered model at ``version``."""
+    model = _model_name(config, name)
+    get_version(config, version, model)
+    client(config).set_registered_model_alias(model, alias, str(version))
+
+
+def get_model_version_by_alias(
+    config: LineguardConfig, alias: str, name: str | None = None
+) -> ModelVersionRecord | None:
+    """The version an alias points at, or None when the alias (or the model) does not exist yet."""
+    model = _model_name(config, name)
+    try:
+        return _version_record(client(config).get_model_version_by_alias(model, alias))
+    except LineguardError:
+        raise
+    except Exception:
+        return None
+
+
+def resolve_model_uri(config: LineguardConfig, uri: str) -> str:
+    """A run id from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/...``, a bare alias
+    of the default registered model (``champion``, ``challenger``) or a run id itself."""
+    uri = uri.strip()
+    if uri.startswith("runs:/"):
+        return uri[len("runs:/") :].split("/")[0]
+    if uri.startswith("models:/"):
+        rest = uri[len("models:/") :]
+        if "@" in rest:
+            model, alias = rest.split("@", 1)
+            mv = get_model_version_by_alias(config, alias, model)
+            if mv is None:
+                raise TrackingError(f"'{uri}': model '{model}' has no alias '{alias}'; see: lineguard promote")
+            return mv.run_id
+        if "/" in rest:
+            model, version = rest.split("/", 1)
+            return get_version(config, version, model).run_id
+        raise TrackingError(f"'{uri}' must look like models:/NAME@ALIAS or models:/NAME/VERSION")
+    if len(uri) == 32 and set(uri) <= _RUN_ID_CHARS:
+        return uri
+    if uri and uri.replace("-", "").replace("_", "").isalnum() and not uri.isdigit():
+        mv = get_model_version_by_alias(config, uri)
+        if mv is not None:
+            return mv.run_id
+        raise TrackingError(
+            f"'{uri}' is neither a run id nor an alias of model '{config.tracking.registered_model}'; "
+            f"pass a run id (lineguard runs list), models:/NAME@ALIAS or models:/NAME/VERSION"
+        )
+    raise TrackingError(f"'{uri}' is not a run id or model URI; expected RUN_ID, models:/NAME@ALIAS or an alias")

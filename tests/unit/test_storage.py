@@ -25,5 +25,5 @@ def test_errors_are_user_errors(tmp_path: Path) -> None:
         storage.read_bytes(str(tmp_path / "missing"))
     with pytest.raises(storage.StorageError, match="does not exist"):
         list(storage.walk_files(str(tmp_path / "missing")))
-    with pytest.raises(storage.StorageError, match="no filesystem|cannot open"):
+    with pytest.raises(storage.StorageError, match=r"no filesystem|cannot open"):
         storage.filesystem("nosuchproto://bucket/key")

@@ -1,0 +1,210 @@
+"""Training benchmarks: P3 (default model on the default toy dataset), throughput per architecture,
+and a real-like variant (Q2 stand-in). Writes the ``## Training`` section of docs/benchmarks.md.
+
+    python benchmarks/train.py                  # all three parts (minutes on 2 cores)
+    python benchmarks/train.py --skip-real --repeats 1
+    python benchmarks/train.py --data toy-ds     # reuse an ingested toy dataset
+
+P3: the wall time of ``train(default config, toy)`` (decode, training, tracking), the test
+balanced accuracy it reaches, and the training time at the first epoch whose validation
+balanced accuracy reached 99 %. The real-like variant is synth at difficulty 1 post-processed
+to greyscale, mixed aspect ratios (random crops to 0.6..1.7 width/height) and a 1:2.5
+bad:good imbalance, ingested as a plain class-per-folder source and trained with the
+default recipe under ``train.max_minutes=5``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _report import write_section
+
+
+def _toy(work: Path, difficulty: float | None = None) -> str:
+    from lineguard.config import SynthConfig
+    from lineguard.ingest import ingest
+    from lineguard.synth import synth
+
+    src, out = work / "toy-src", work / "toy"
+    synth(str(src), SynthConfig() if difficulty is None else SynthConfig(difficulty=difficulty))
+    ingest(str(src), str(out))
+    return str(out)
+
+
+def _real_like(work: Path, seed: int = 0) -> str:
+    """Synth at difficulty 1 -> greyscale, mixed aspect ratios, 1:2.5 bad:good -> class-per-folder -> ingest."""
+    from PIL import Image
+
+    from lineguard.config import SynthConfig
+    from lineguard.ingest import ingest
+    from lineguard.synth import synth
+
+    src, messy, out = work / "real-src", work / "real-folders", work / "real"
+    synth(str(src), SynthConfig(difficulty=1.0, per_class=150, size=160, seed=seed))
+    rng = np.random.default_rng(seed)
+    for path in sorted(src.rglob("*.png")):
+        rel = path.relative_to(src)
+        label = rel.parts[1] if len(rel.parts) > 2 else ""
+        if label == "bad" and rng.random() > 0.4:  # keep 40 % of the defects: 1:2.5
+            continue
+        img = Image.open(path).convert("L").convert("RGB")
+        w, h = img.size
+        aspect = float(rng.uniform(0.6, 1.7))
+        if aspect >= 1:
+            img = img.crop((0, int(h * (1 - 1 / aspect) / 2), w, int(h * (1 + 1 / aspect) / 2)))
+        else:
+            img = img.crop((int(w * (1 - aspect) / 2), 0, int(w * (1 + aspect) / 2), h))
+        dest = messy / rel.parts[0] / label / rel.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        img.save(dest)
+    ingest(str(messy), str(out))
+    return str(out)
+
+
+def _p3(data: str, work: Path, repeats: int) -> list[dict[str, float]]:
+    from rich.console import Console
+
+    from lineguard.config import load_config
+    from lineguard.manifest import load_dataset
+    from lineguard.train import train
+
+    rows = []
+    for i in range(repeats):
+        cfg = load_config(None, [f"workdir={work / f'p3-{i}'}"])
+        t0 = time.perf_counter()
+        result = train(cfg, load_dataset(data), progress=False, console=Console(quiet=True))
+        wall = time.perf_counter() - t0
+        cum, first99 = 0.0, float("nan")
+        for h in result.history:
+            cum += h["epoch_seconds"]
+            if h["val_balanced_accuracy"] >= 0.99:
+                first99 = cum
+                break
+        rows.append({"wall_s": wall, "test_bal_acc": result.test_metrics.get("balanced_accuracy", float("nan")),
+                     "val_bal_acc": result.val_metrics["balanced_accuracy"], "epochs": float(len(result.history)),
+                     "train_s_to_val99": first99})
+        print(f"P3 run {i}: {rows[-1]}", flush=True)
+    return rows
+
+
+def _throughput(steps: int = 6, batch: int = 64) -> list[tuple[str, float, float]]:
+    """Training images/s (augment + forward + backward + step) per architecture at the default size."""
+    import torch
+
+    from lineguard.augment import augment_batch, normalise_batch
+    from lineguard.config import load_config
+    from lineguard.models import MODELS, create_model
+    from lineguard.train import preprocess_params, seed_everything
+
+    cfg = load_config(None, [])
+    params = preprocess_params(cfg)
+    seed_everything(0, cfg.train.threads)
+    h, w = params.size
+    out = []
+    for name in MODELS:
+        model = create_model(name, 2, cfg.train.width)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8)
+        y = torch.randint(0, 2, (batch,))
+        gen = torch.Generator().manual_seed(0)
+        times = []
+        for i in range(steps + 1):
+            t0 = time.perf_counter()
+            logits = model(normalise_batch(augment_batch(x, cfg.augment, gen), params))
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i:
+                times.append(time.perf_counter() - t0)
+        ips = batch / statistics.median(times)
+        params_m = sum(p.numel() for p in model.parameters()) / 1e6
+        out.append((name, ips, params_m))
+        print(f"throughput {name}: {ips:.0f} images/s", flush=True)
+    return out
+
+
+def _real(data: str, work: Path) -> dict[str, float]:
+    from rich.console import Console
+
+    from lineguard.config import load_config
+    from lineguard.manifest import load_dataset
+    from lineguard.train import train
+
+    cfg = load_config(None, [f"workdir={work / 'real-run'}", "train.max_minutes=5"])
+    ds = load_dataset(data)
+    t0 = time.perf_counter()
+    result = train(cfg, ds, progress=False, console=Console(quiet=True))
+    counts = ds.split("train")["label"].value_counts().to_dict()
+    return {"wall_s": time.perf_counter() - t0, "test_bal_acc": result.test_metrics.get("balanced_accuracy", 0.0),
+            "val_bal_acc": result.val_metrics["balanced_accuracy"], "epochs": float(len(result.history)),
+            "good": float(counts.get("good", 0)), "bad": float(counts.get("bad", 0)),
+            "collapsed": float(bool(result.warnings))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="an ingested default toy dataset (default: synthesise one)")
+    parser.add_argument("--repeats", type=int, default=3, help="P3 repeats (median reported)")
+    parser.add_argument("--skip-real", action="store_true", help="skip the real-like variant")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+    from lineguard.config import load_config
+
+    defaults = load_config(None, [])
+    with tempfile.TemporaryDirectory(prefix="lg-bench-train-") as tmp:
+        work = Path(tmp)
+        data = args.data or _toy(work)
+        p3 = _p3(data, work, args.repeats)
+        thr = [] if args.skip_throughput else _throughput()
+        real = None if args.skip_real else _real(_real_like(work), work)
+
+    med = {k: statistics.median(r[k] for r in p3) for k in p3[0]}
+    tc, pc = defaults.train, defaults.preprocess
+    load = os.getloadavg()[0]
+    lines = [
+        f"1-minute load average at the end: {load:.1f}"
+        + (" -- a loaded machine: re-run on a quiet one." if load > (os.cpu_count() or 1) else "."),
+        "",
+        f"Default recipe: `{tc.model}` width {tc.width}, {pc.size[0]}x{pc.size[1]} {pc.resize}, {tc.epochs} epochs, "
+        f"batch {tc.batch_size}, lr {tc.lr}, balance={tc.balance}, augment strength {defaults.augment.strength}.",
+        "",
+        f"| figure | target | measured (median of {len(p3)}) |",
+        "| --- | --- | --- |",
+        f"| P3 wall time of `lineguard train` on the default toy dataset | ≤ 90 s | {med['wall_s']:.1f} s "
+        f"{'✅' if med['wall_s'] <= 90 else '❌'} |",
+        f"| P3 test balanced accuracy | ≥ 99 % (Q1 ≥ 99.5 %) | {100 * med['test_bal_acc']:.2f} % "
+        f"{'✅' if med['test_bal_acc'] >= 0.99 else '❌'} |",
+        "| training time to 99 % val balanced accuracy | | "
+        + ("not reached |" if med["train_s_to_val99"] != med["train_s_to_val99"] else f"{med['train_s_to_val99']:.1f} s |"),
+        f"| epochs run (early stopping) | | {med['epochs']:.0f} |",
+        "",
+        "Per run: " + "; ".join(f"{r['wall_s']:.1f} s / test {100 * r['test_bal_acc']:.2f} %" for r in p3),
+    ]
+    if thr:
+        lines += ["", f"Training throughput at the default input size (augment + forward + backward + AdamW step, "
+                  f"batch 64, {defaults.train.threads or os.cpu_count()} threads, width {tc.width}):", "",
+                  "| model | params (M) | images/s |", "| --- | --- | --- |"]
+        lines += [f"| {n} | {p:.2f} | {ips:.0f} |" for n, ips, p in thr]
+    if real:
+        lines += ["", "Real-like variant (Q2 stand-in: synth difficulty 1, greyscale, mixed aspect ratios, "
+                  f"bad:good {real['bad']:.0f}:{real['good']:.0f} in train, default recipe, 5-minute cap):", "",
+                  "| wall s | epochs | val bal. acc | test bal. acc | collapsed to one class |",
+                  "| --- | --- | --- | --- | --- |",
+                  f"| {real['wall_s']:.0f} | {real['epochs']:.0f} | {100 * real['val_bal_acc']:.2f} % | "
+                  f"{100 * real['test_bal_acc']:.2f} % | {'yes ❌' if real['collapsed'] else 'no ✅'} |"]
+    write_section("Training", "\n".join(lines), f"python benchmarks/train.py {' '.join(sys.argv[1:])}".strip())
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

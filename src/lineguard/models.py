@@ -1,0 +1,541 @@
+"""The architectures LineGuard trains, written in plain PyTorch: a small explicit dict.
+
+``MODELS`` maps a name to a builder ``(num_classes, width) -> nn.Module``;
+``create_model(name, num_classes, width, weights)`` is the one way in. Every model has
+``forward(x) -> logits``, ``forward_features(x) -> (N, num_features)`` (the pooled
+embedding the edge uses for drift monitoring), a ``classifier`` (the head) and
+``head_prefixes`` (state-dict prefixes of the head) so training can freeze the backbone
+or give it a lower learning rate (``head_parameters`` / ``backbone_parameters``).
+
+torchvision and timm cannot be imported on these machines, so the ImageNet
+architectures are re-written here with torchvision's exact parameter names: a user's
+torchvision state-dict file loads with ``weights=FILE``. Files are read as safetensors
+or with ``torch.load(weights_only=True)`` -- never arbitrary unpickling.
+
+``tinycnn`` is LineGuard's own small from-scratch network: a handful of
+depthwise-separable stages, built for sub-millisecond CPU inference at 128 px.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lineguard import LineguardError
+
+
+class ModelError(LineguardError):
+    """An unknown architecture or a weights file that does not fit the model."""
+
+
+def _make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round a channel count to a multiple of ``divisor`` (torchvision's rule, never below 90 %)."""
+    min_value = divisor if min_value is None else min_value
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+class _ConvBNAct(nn.Sequential):
+    """Conv2d + BatchNorm + activation, named like torchvision's Conv2dNormActivation (0, 1, 2)."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        norm: Callable[[int], nn.Module] = nn.BatchNorm2d,
+        act: Callable[[], nn.Module] | None = nn.ReLU,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_ch, out_ch, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            norm(out_ch),
+        ]
+        if act is not None:
+            layers.append(act())
+        super().__init__(*layers)
+
+
+class _SqueezeExcitation(nn.Module):
+    """Channel attention as in torchvision.ops.SqueezeExcitation (fc1/fc2 are 1x1 convs)."""
+
+    def __init__(
+        self,
+        channels: int,
+        squeeze: int,
+        act: Callable[[], nn.Module] = nn.ReLU,
+        scale_act: Callable[[], nn.Module] = nn.Sigmoid,
+    ) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.activation = act()
+        self.scale_activation = scale_act()
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+        return x * scale
+
+
+class _Classifier(nn.Module):
+    """Shared behaviour: ``forward`` = ``classifier(forward_features(x))``."""
+
+    num_features: int
+    classifier: nn.Module
+    head_prefixes: tuple[str, ...] = ("classifier.",)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.forward_features(x))  # type: ignore[no-any-return]
+
+
+# --- tinycnn: LineGuard's own small network ---------------------------------------------------
+
+
+class _SeparableBlock(nn.Module):
+    """Depthwise 3x3 + pointwise 1x1, both conv-bn-relu; residual when the shape is kept."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.dw = _ConvBNAct(in_ch, in_ch, 3, stride, groups=in_ch)
+        self.pw = _ConvBNAct(in_ch, out_ch, 1)
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.pw(self.dw(x))
+        return x + y if self.residual else y
+
+
+class TinyCNN(_Classifier):
+    """A from-scratch CNN for sub-millisecond inference: stem, 4 separable stages, GAP, linear.
+
+    At 128 px and width 1.0 it has ~0.1 M parameters; the stride-2 stem plus three more
+    stride-2 stages leave an 8x8 map, fine enough for small details such as toppings.
+    """
+
+    # (out_channels, stride, blocks) per stage after the stem
+    STAGES: tuple[tuple[int, int, int], ...] = ((32, 2, 1), (64, 2, 2), (128, 2, 2), (128, 1, 1))
+
+    def __init__(self, num_classes: int = 2, width: float = 1.0, dropout: float = 0.1) -> None:
+        super().__init__()
+        stem = _make_divisible(16 * width)
+        layers: list[nn.Module] = [_ConvBNAct(3, stem, 3, 2)]
+        ch = stem
+        for out, stride, blocks in self.STAGES:
+            out = _make_divisible(out * width)
+            for i in range(blocks):
+                layers.append(_SeparableBlock(ch, out, stride if i == 0 else 1))
+                ch = out
+        self.features = nn.Sequential(*layers)
+        self.num_features = ch
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(ch, num_classes))  # type: ignore[misc]
+        _init_weights(self, linear="normal")
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.features(x).mean(dim=(2, 3))  # type: ignore[no-any-return]
+
+
+# --- MobileNetV3 (torchvision names) ----------------------------------------------------------
+
+
+class _MBv3Block(nn.Module):
+    """torchvision's mobilenetv3.InvertedResidual: ``block`` = [expand] dw [se] project."""
+
+    def __init__(
+        self, in_ch: int, kernel: int, exp: int, out: int, use_se: bool, hs: bool, stride: int, width: float
+    ) -> None:
+        super().__init__()
+        in_ch, exp, out = (_make_divisible(c * width) for c in (in_ch, exp, out))
+        norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
+        act: Callable[[], nn.Module] = nn.Hardswish if hs else nn.ReLU
+        layers: list[nn.Module] = []
+        if exp != in_ch:
+            layers.append(_ConvBNAct(in_ch, exp, 1, norm=norm, act=act))
+        layers.append(_ConvBNAct(exp, exp, kernel, stride, groups=exp, norm=norm, act=act))
+        if use_se:
+            layers.append(_SqueezeExcitation(exp, _make_divisible(exp // 4), scale_act=nn.Hardsigmoid))
+        layers.append(_ConvBNAct(exp, out, 1, norm=norm, act=None))
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and in_ch == out
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y  # type: ignore[no-any-return]
+
+
+# (in, kernel, expanded, out, use_se, hardswish, stride) -- torchvision's _mobilenet_v3_conf
+_MBV3_SMALL = (
+    (16, 3, 16, 16, True, False, 2),
+    (16, 3, 72, 24, False, False, 2),
+    (24, 3, 88, 24, False, False, 1),
+    (24, 5, 96, 40, True, True, 2),
+    (40, 5, 240, 40, True, True, 1),
+    (40, 5, 240, 40, True, True, 1),
+    (40, 5, 120, 48, True, True, 1),
+    (48, 5, 144, 48, True, True, 1),
+    (48, 5, 288, 96, True, True, 2),
+    (96, 5, 576, 96, True, True, 1),
+    (96, 5, 576, 96, True, True, 1),
+)
+_MBV3_LARGE = (
+    (16, 3, 16, 16, False, False, 1),
+    (16, 3, 64, 24, False, False, 2),
+    (24, 3, 72, 24, False, False, 1),
+    (24, 5, 72, 40, True, False, 2),
+    (40, 5, 120, 40, True, False, 1),
+    (40, 5, 120, 40, True, False, 1),
+    (40, 3, 240, 80, False, True, 2),
+    (80, 3, 200, 80, False, True, 1),
+    (80, 3, 184, 80, False, True, 1),
+    (80, 3, 184, 80, False, True, 1),
+    (80, 3, 480, 112, True, True, 1),
+    (112, 3, 672, 112, True, True, 1),
+    (112, 5, 672, 160, True, True, 2),
+    (160, 5, 960, 160, True, True, 1),
+    (160, 5, 960, 160, True, True, 1),
+)
+
+
+class MobileNetV3(_Classifier):
+    """MobileNetV3 small/large exactly as torchvision builds it (same state-dict keys)."""
+
+    def __init__(
+        self,
+        setting: Sequence[tuple[int, int, int, int, bool, bool, int]],
+        last_channel: int,
+        num_classes: int = 2,
+        width: float = 1.0,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
+        first = _make_divisible(setting[0][0] * width)
+        layers: list[nn.Module] = [_ConvBNAct(3, first, 3, 2, norm=norm, act=nn.Hardswish)]
+        layers += [_MBv3Block(*cfg, width=width) for cfg in setting]
+        last_in = _make_divisible(setting[-1][3] * width)
+        last_out = 6 * last_in
+        layers.append(_ConvBNAct(last_in, last_out, 1, norm=norm, act=nn.Hardswish))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        hidden = _make_divisible(last_channel * width)
+        self.num_features = last_out
+        self.classifier = nn.Sequential(  # type: ignore[misc]
+            nn.Linear(last_out, hidden),
+            nn.Hardswish(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+        _init_weights(self, linear="normal")
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return torch.flatten(self.avgpool(self.features(x)), 1)
+
+
+# --- EfficientNet-B0 (torchvision names) ------------------------------------------------------
+
+
+class _StochasticDepth(nn.Module):
+    """Drop the residual branch per sample while training (torchvision's "row" mode)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        noise = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)
+        return x * noise.bernoulli_(keep).div_(keep)
+
+
+class _MBConv(nn.Module):
+    """torchvision's efficientnet.MBConv: ``block`` = [expand] dw se project, SiLU activations."""
+
+    def __init__(self, expand: int, kernel: int, stride: int, in_ch: int, out: int, sd_prob: float) -> None:
+        super().__init__()
+        exp = _make_divisible(in_ch * expand)
+        layers: list[nn.Module] = []
+        if exp != in_ch:
+            layers.append(_ConvBNAct(in_ch, exp, 1, act=nn.SiLU))
+        layers.append(_ConvBNAct(exp, exp, kernel, stride, groups=exp, act=nn.SiLU))
+        layers.append(_SqueezeExcitation(exp, max(1, in_ch // 4), act=nn.SiLU))
+        layers.append(_ConvBNAct(exp, out, 1, act=None))
+        self.block = nn.Sequential(*layers)
+        self.stochastic_depth = _StochasticDepth(sd_prob)
+        self.residual = stride == 1 and in_ch == out
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.block(x)
+        return x + self.stochastic_depth(y) if self.residual else y  # type: ignore[no-any-return]
+
+
+# (expand_ratio, kernel, stride, in, out, layers) -- torchvision's efficientnet_b0 setting
+_EFFNET_B0 = (
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 2),
+    (6, 5, 2, 24, 40, 2),
+    (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3),
+    (6, 5, 2, 112, 192, 4),
+    (6, 3, 1, 192, 320, 1),
+)
+
+
+class EfficientNet(_Classifier):
+    """EfficientNet-B0 as torchvision builds it: ``features`` (stages 1-7 are Sequentials), ``classifier``."""
+
+    def __init__(
+        self, num_classes: int = 2, width: float = 1.0, dropout: float = 0.2, stochastic_depth: float = 0.2
+    ) -> None:
+        super().__init__()
+        setting = [(e, k, s, _make_divisible(i * width), _make_divisible(o * width), n) for e, k, s, i, o, n in _EFFNET_B0]
+        layers: list[nn.Module] = [_ConvBNAct(3, setting[0][3], 3, 2, act=nn.SiLU)]
+        total = sum(n for *_, n in setting)
+        block_id = 0
+        for expand, kernel, stride, in_ch, out, n in setting:
+            stage: list[nn.Module] = []
+            for i in range(n):
+                sd = stochastic_depth * block_id / total
+                stage.append(_MBConv(expand, kernel, stride if i == 0 else 1, in_ch if i == 0 else out, out, sd))
+                block_id += 1
+            layers.append(nn.Sequential(*stage))
+        last_in = setting[-1][4]
+        self.num_features = 4 * last_in
+        layers.append(_ConvBNAct(last_in, self.num_features, 1, act=nn.SiLU))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_classes))  # type: ignore[misc]
+        _init_weights(self, linear="uniform")
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return torch.flatten(self.avgpool(self.features(x)), 1)
+
+
+# --- ResNet-18 (torchvision names) ------------------------------------------------------------
+
+
+class _BasicBlock(nn.Module):
+    """torchvision's resnet.BasicBlock: conv1/bn1, conv2/bn2, optional downsample (conv, bn)."""
+
+    def __init__(self, in_ch: int, out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_ch != out:
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(y + identity)  # type: ignore[no-any-return]
+
+
+class ResNet18(_Classifier):
+    """ResNet-18 as torchvision builds it: conv1, bn1, layer1..4, fc (``classifier`` is ``fc``)."""
+
+    head_prefixes = ("fc.",)
+
+    def __init__(self, num_classes: int = 2, width: float = 1.0) -> None:
+        super().__init__()
+        widths = [_make_divisible(c * width) for c in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        stage = partial(self._stage, widths)
+        self.layer1, self.layer2, self.layer3, self.layer4 = stage(0), stage(1), stage(2), stage(3)
+        in_ch = widths[-1]
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = in_ch
+        self.fc = nn.Linear(in_ch, num_classes)
+        _init_weights(self, linear="uniform")
+
+    @staticmethod
+    def _stage(widths: list[int], i: int) -> nn.Sequential:
+        in_ch, out = widths[max(i - 1, 0)], widths[i]
+        return nn.Sequential(_BasicBlock(in_ch, out, 1 if i == 0 else 2), _BasicBlock(out, out, 1))
+
+    @property
+    def classifier(self) -> nn.Module:  # type: ignore[override]
+        return self.fc
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+
+def _init_weights(model: nn.Module, linear: str) -> None:
+    """torchvision's initialisation: He (fan-out) convs, unit BN, small linear layers."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if linear == "normal":
+                nn.init.normal_(m.weight, 0, 0.01)
+            else:
+                bound = 1.0 / math.sqrt(m.out_features)
+                nn.init.uniform_(m.weight, -bound, bound)
+            nn.init.zeros_(m.bias)
+
+
+# --- the public API -----------------------------------------------------------------------------
+
+MODELS: dict[str, Callable[[int, float], nn.Module]] = {
+    "tinycnn": lambda num_classes, width: TinyCNN(num_classes, width),
+    "mobilenetv3_small": lambda num_classes, width: MobileNetV3(_MBV3_SMALL, 1024, num_classes, width),
+    "mobilenetv3_large": lambda num_classes, width: MobileNetV3(_MBV3_LARGE, 1280, num_classes, width),
+    "efficientnet_b0": lambda num_classes, width: EfficientNet(num_classes, width),
+    "resnet18": lambda num_classes, width: ResNet18(num_classes, width),
+}
+
+
+def create_model(name: str, num_classes: int, width: float = 1.0, weights: str | None = None) -> nn.Module:
+    """Build architecture ``name`` with a ``num_classes`` head; optionally load a state-dict file.
+
+    ``weights`` is a safetensors or torch state-dict file (e.g. torchvision's ImageNet
+    weights saved as a file). Its classifier's last layer is dropped when its number of
+    classes differs; any other mismatch raises ModelError listing the keys.
+    """
+    if name not in MODELS:
+        raise ModelError(f"unknown model '{name}'; valid models: {', '.join(MODELS)}")
+    if num_classes < 1:
+        raise ModelError(f"num_classes must be >= 1, got {num_classes}")
+    if not width > 0:
+        raise ModelError(f"width must be > 0, got {width}")
+    model = MODELS[name](num_classes, width)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def head_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """Parameters of the classifier head (trained at full lr when fine-tuning)."""
+    prefixes = tuple(getattr(model, "head_prefixes", ("classifier.",)))
+    return (p for n, p in model.named_parameters() if n.startswith(prefixes))
+
+
+def backbone_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """Everything but the head (frozen or at a lower lr when fine-tuning)."""
+    prefixes = tuple(getattr(model, "head_prefixes", ("classifier.",)))
+    return (p for n, p in model.named_parameters() if not n.startswith(prefixes))
+
+
+def last_layer_prefix(model: nn.Module) -> str:
+    """State-dict prefix of the head's final Linear (e.g. ``classifier.3``, ``fc``)."""
+    prefixes = tuple(getattr(model, "head_prefixes", ("classifier.",)))
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and (n + ".").startswith(prefixes)]
+    if not names:
+        raise ModelError(f"{type(model).__name__} has no Linear layer in its head {prefixes}")
+    return names[-1]
+
+
+def read_state_dict(path: str) -> dict[str, Tensor]:
+    """Read a safetensors or torch state-dict file safely (``weights_only=True``, no pickled code)."""
+    from lineguard import storage
+
+    try:
+        data = storage.read_bytes(path)
+    except LineguardError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"weights file '{path}' cannot be read: {exc}") from None
+    loaded: Any
+    if path.endswith(".safetensors") or _looks_like_safetensors(data):
+        from safetensors.torch import load as load_safetensors
+
+        try:
+            loaded = load_safetensors(data)
+        except Exception as exc:
+            raise ModelError(f"weights file '{path}' is not a valid safetensors file: {exc}") from None
+    else:
+        try:
+            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(
+                f"weights file '{path}' is not a plain state dict (loaded with weights_only=True, "
+                f"no arbitrary unpickling): {first}"
+            ) from None
+    # common wrappers: {"state_dict": {...}} / {"model": {...}} and DataParallel's "module." prefix
+    if isinstance(loaded, dict):
+        for key in ("state_dict", "model"):
+            wrapped = isinstance(loaded.get(key), dict) and all(not isinstance(v, Tensor) for v in loaded.values())
+            if wrapped:
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, dict) or not all(isinstance(v, Tensor) for v in loaded.values()):
+        raise ModelError(f"weights file '{path}' does not hold a state dict (name -> tensor)")
+    if loaded and all(k.startswith("module.") for k in loaded):
+        loaded = {k[len("module."):]: v for k, v in loaded.items()}
+    return dict(loaded)
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    """safetensors starts with an 8-byte little-endian header length, then a JSON object."""
+    if len(data) < 10:
+        return False
+    n = int.from_bytes(data[:8], "little")
+    return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
+
+
+def load_weights(model: nn.Module, path: str, strict_head: bool = False) -> list[str]:
+    """Load a state-dict file into ``model``; return the keys skipped because the head differs.
+
+    The head's final Linear is skipped (left freshly initialised) when its shape differs
+    from the file's, or when ``strict_head`` is False and the file lacks it. Anything else
+    that does not match raises ModelError naming the missing, unexpected and mis-shaped keys.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    last = last_layer_prefix(model)
+    head_keys = {f"{last}.weight", f"{last}.bias"}
+    skipped = [k for k in head_keys if k in state and k in own and state[k].shape != own[k].shape]
+    for k in skipped:
+        del state[k]
+    missing = sorted(k for k in own if k not in state and not (k in head_keys and not strict_head))
+    unexpected = sorted(k for k in state if k not in own)
+    mismatched = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    )
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+                parts.append(f"{label}: {shown}")
+        raise ModelError(
+            f"weights file '{path}' does not fit {type(model).__name__} "
+            f"(expected torchvision key names at the same width) -- " + "; ".join(parts)
+        )
+    model.load_state_dict(state, strict=False)
+    return sorted(skipped)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable and frozen parameters."""
+    return sum(p.numel() for p in model.parameters())
