@@ -869,7 +869,7 @@ def bench(
 DEMO = ["compress.distill=false", "compress.on_no_fit=fp32"]
 QUICK_DEMO = [
     "synth.recipes=2", "synth.per_class=24", "synth.size=64", "preprocess.size=[64,64]",
-    "train.epochs=3", "evaluate.bootstrap=100", "compress.repeats=50", "compress.warmup=5",
+    "train.epochs=8", "train.batch_size=16", "evaluate.bootstrap=100", "compress.repeats=50", "compress.warmup=5",
     "compress.prune_ratios=[0.5]", "compress.finetune_epochs=1", "compress.threads=[1]", "compress.rounds=1",
     "compress.openvino=false", "export.golden_size=16", "export.reference_images=64",
 ]

@@ -157,7 +157,7 @@ class TrainConfig(_Section):
     model: str = Field("tinycnn", description="architecture, a key of lineguard.models.MODELS")
     width: float = Field(1.0, gt=0.0, le=2.0, description="width multiplier of the architecture")
     epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-2, gt=0.0, description="peak AdamW learning rate (after warm-up, then cosine decay)")
     backbone_lr_scale: float = Field(0.1, gt=0.0, le=1.0, description="backbone lr factor when fine-tuning")
     weight_decay: float = Field(0.05, ge=0.0)
