@@ -23,7 +23,7 @@ import random
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -391,10 +391,13 @@ def train(
     tags: dict[str, str] | None = None,
     progress: bool = True,
     console: Console | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``config.train.model`` on ``dataset`` and (when ``track``) record it as an MLflow run.
 
     ``data`` reuses splits already decoded by :func:`prepare_data` (same preprocessing).
+    ``on_epoch(epoch, metrics)`` is called after every epoch, before the early-stop check;
+    an exception it raises (e.g. Optuna's ``TrialPruned``) stops training and propagates.
     ``rehearsal_data`` is the old dataset to mix in when onboarding a recipe (default: the
     dataset recorded by the ``init_from`` run). The returned model holds the best weights.
     """
@@ -439,7 +442,7 @@ def train(
     }
     if not track:
         return _fit(config, dataset, model, teacher, teacher_params, train_split, val_split, test_split, classes,
-                    params, device, fine_tuning, None, console, progress, t_start)
+                    params, device, fine_tuning, None, console, progress, t_start, on_epoch=on_epoch)
     from lineguard import tracking
 
     with tracking.start_run(config, name=run_name, tags=run_tags, parent_run_id=parent_run_id) as run:
@@ -450,7 +453,7 @@ def train(
         run.log_dataset(dataset)
         run.log_environment()
         result = _fit(config, dataset, model, teacher, teacher_params, train_split, val_split, test_split, classes,
-                      params, device, fine_tuning, run, console, progress, t_start)
+                      params, device, fine_tuning, run, console, progress, t_start, on_epoch=on_epoch)
         _log_outcome(run, result, val_split, model, params, device)
         result.run_id = run.run_id
     console.print(f"run [bold]{result.run_id}[/] recorded in {config.tracking_uri()}")
@@ -488,6 +491,7 @@ def _fit(
     teacher_params: PreprocessParams | None, train_split: SplitTensors, val_split: SplitTensors,
     test_split: SplitTensors, classes: list[str], params: PreprocessParams, device: torch.device,
     fine_tuning: bool, run: Run | None, console: Console, progress: bool, t_start: float,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     import torch
     import torch.nn.functional as F
@@ -567,6 +571,8 @@ def _fit(
             history.append(row)
             if run is not None:
                 run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            if on_epoch is not None:
+                on_epoch(epoch, row)
             better = val["balanced_accuracy"] > best["bal"] or (
                 val["balanced_accuracy"] == best["bal"] and val["loss"] < best["loss"])
             if better:

@@ -182,3 +182,12 @@ def test_export_command_builds_a_verified_bundle_from_a_tracked_run(dataset, tmp
                                    "--set", f"workdir={tmp_path / 'work'}"])
     assert res.exit_code != 0 and "already exists" in str(res.exception)
     assert json.loads(json.dumps(m)) == m
+
+
+def test_compare_outputs_with_another_embedding_width_compares_logits_only() -> None:
+    """A pruned or distilled candidate has a narrower embedding: parity is judged on logits and decisions."""
+    expected = {"logits": np.array([[0.0, 1.0], [0.0, -1.0]]), "embedding": np.zeros((2, 8))}
+    pruned = {"logits": expected["logits"].copy(), "embedding": np.zeros((2, 4))}
+    report = ex.compare_outputs(expected, pruned, 0.5, 1.0, 1, ATOL, "base-bundle")
+    assert report.passed and report.max_abs_embedding_diff is None
+    assert report.to_dict()["max_abs_embedding_diff"] is None

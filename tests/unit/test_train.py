@@ -169,3 +169,25 @@ def test_init_from_a_weights_file_fine_tunes_with_frozen_backbone(tmp_path: Path
     for name, p in source.named_parameters():
         if any(p is q for q in backbone_parameters(source)):
             assert torch.equal(own[name], p), name
+
+
+def test_on_epoch_sees_every_epoch_and_can_stop_training(tmp_path: Path, tiny_ds: Dataset) -> None:
+    seen: list[tuple[int, float]] = []
+
+    def record(epoch: int, row: dict[str, float]) -> None:
+        seen.append((epoch, row["val_balanced_accuracy"]))
+
+    result = train(_cfg(tmp_path, "train.epochs=3", "train.patience=10"), tiny_ds, track=False, progress=False,
+                   on_epoch=record)
+    assert [e for e, _ in seen] == [1, 2, 3]
+    assert [v for _, v in seen] == [h["val_balanced_accuracy"] for h in result.history]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_two(epoch: int, row: dict[str, float]) -> None:
+        if epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(_cfg(tmp_path, "train.epochs=5"), tiny_ds, track=False, progress=False, on_epoch=stop_at_two)

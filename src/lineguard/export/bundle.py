@@ -299,6 +299,13 @@ def rebundle(
     report = compare_outputs(base_expected, actual, thresholds, float(dec.get("temperature", 1.0)), b.positive_index,
                              tol, "base-bundle")
     ref = b.load_arrays(REFERENCE_FILE) if REFERENCE_FILE in b.meta["files"] else None
+    reference = dict(b.meta.get("reference", {}))
+    emb = actual.get("embedding")
+    if ref is not None and emb is not None and "embedding_mean" in ref and ref["embedding_mean"].shape[-1] != emb.shape[1]:
+        # The base's embedding reference describes another model (a pruned or distilled one has another
+        # width): drop it rather than ship drift statistics that cannot be compared. Image statistics stay.
+        ref = {k: v for k, v in ref.items() if not k.startswith("embedding_")}
+        reference["embedding"] = {}
     lineage = {**b.meta.get("lineage", {}), "base_bundle": f"{b.name}:{b.version}",
                "base_model_sha256": b.meta["model"]["sha256"]}
     return write_bundle(
@@ -306,7 +313,7 @@ def rebundle(
         expected=actual, parity=report, decision=dec, recipes=b.recipes, precision=precision,
         opset=b.meta["model"].get("opset"), lineage=lineage,
         evaluation=evaluation if evaluation is not None else b.meta.get("evaluation", {}),
-        reference={k: v for k, v in b.meta.get("reference", {}).items()}, reference_arrays=ref,
+        reference=reference, reference_arrays=ref,
         name=b.name, version=version or b.version, tar=tar, overwrite=overwrite,
     )
 

@@ -92,7 +92,7 @@ class ParityReport:
     n: int
     atol: float
     max_abs_logit_diff: float
-    max_abs_embedding_diff: float
+    max_abs_embedding_diff: float | None  # None: the embeddings differ in width (e.g. a pruned model)
     max_abs_score_diff: float
     decision_agreement: float
     reference: str
@@ -107,7 +107,8 @@ class ParityReport:
         return {
             "n": self.n, "atol": self.atol, "reference": self.reference,
             "max_abs_logit_diff": float(self.max_abs_logit_diff),
-            "max_abs_embedding_diff": float(self.max_abs_embedding_diff),
+            "max_abs_embedding_diff": (None if self.max_abs_embedding_diff is None
+                                       else float(self.max_abs_embedding_diff)),
             "max_abs_score_diff": float(self.max_abs_score_diff),
             "decision_agreement": float(self.decision_agreement), "near_threshold": self.near_threshold,
             "decision_flips": self.decision_flips, "passed": self.passed,
@@ -128,9 +129,11 @@ def compare_outputs(
     if le.shape != la.shape:
         raise ExportError(f"logits shapes differ: expected {le.shape}, got {la.shape}")
     fig = decision_parity(le, la, thresholds, temperature, positive_index, atol)
-    emb_diff = 0.0
+    emb_diff: float | None = None
     if "embedding" in expected and "embedding" in actual:
-        emb_diff = float(np.max(np.abs(np.asarray(expected["embedding"], np.float64) - actual["embedding"]), initial=0))
+        ee, ea = np.asarray(expected["embedding"], np.float64), np.asarray(actual["embedding"], np.float64)
+        if ee.shape == ea.shape:  # a pruned or distilled model has another embedding width: not comparable
+            emb_diff = float(np.max(np.abs(ee - ea), initial=0))
     return ParityReport(
         n=len(le),
         atol=atol,
