@@ -47,6 +47,21 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def args_for_docs(argv: list[str]) -> str:
+    """The command-line arguments as shown in the docs: the --note text is shown above the table instead."""
+    shown, skip = [], False
+    for a in argv:
+        if skip:
+            shown.append('"..."')
+            skip = False
+        elif a == "--note":
+            shown.append(a)
+            skip = True
+        else:
+            shown.append(a)
+    return "".join(f" {a}" for a in shown)
+
+
 def write_section(title: str, body: str, command: str) -> None:
     """Replace (or append) the ``## title`` section of docs/benchmarks.md."""
     DOC.parent.mkdir(parents=True, exist_ok=True)

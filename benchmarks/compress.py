@@ -22,25 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import write_section
+from _report import args_for_docs, write_section
 
 P7_MAX_DROP = 0.003
 CHANCE_LEVEL = 0.6  # below this balanced accuracy the float model has not learnt the task
-
-
-def _args_for_docs(argv: list[str]) -> str:
-    """The command-line arguments as shown in the docs: the --note text is shown above the table instead."""
-    shown, skip = [], False
-    for a in argv:
-        if skip:
-            shown.append('"..."')
-            skip = False
-        elif a == "--note":
-            shown.append(a)
-            skip = True
-        else:
-            shown.append(a)
-    return "".join(f" {a}" for a in shown)
 
 
 def main() -> int:
@@ -90,7 +75,7 @@ def main() -> int:
             f'{{"run_id": "{run_id}", "seconds": {trained.seconds:.1f}, "data": "{data}"}}\n'
         )
     assert run_id is not None and data is not None
-    command = "python benchmarks/compress.py" + _args_for_docs(sys.argv[1:])
+    command = "python benchmarks/compress.py" + args_for_docs(sys.argv[1:])
     try:
         result = compress(run_id, data, cfg, say=lambda m: print(m, flush=True), progress=False)
         candidates, selection = result.candidates, result.selection

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import write_section  # noqa: E402
+from _report import args_for_docs, write_section  # noqa: E402
 
 TITLE = "Peer: YOLO nano classifier"
 PEER_PYTHON = ROOT / ".bench-peers" / "bin" / "python"
@@ -235,21 +235,6 @@ def run(args: argparse.Namespace) -> str:
     )
 
 
-def _args_for_docs(argv: list[str]) -> str:
-    """The command-line arguments as shown in the docs: the --note text is shown above the table instead."""
-    shown, skip = [], False
-    for a in argv:
-        if skip:
-            shown.append('"..."')
-            skip = False
-        elif a == "--note":
-            shown.append(a)
-            skip = True
-        else:
-            shown.append(a)
-    return "".join(f" {a}" for a in shown)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="a LineGuard dataset (default: make the default toy dataset)")
@@ -268,7 +253,7 @@ def main() -> int:
         "--note", default="", help="a caveat printed at the top of the section (e.g. a loaded machine)"
     )
     args = parser.parse_args()
-    command = "bash benchmarks/peers/run.sh" + _args_for_docs(sys.argv[1:])
+    command = "bash benchmarks/peers/run.sh" + args_for_docs(sys.argv[1:])
     try:
         body = run(args)
         status = 0
