@@ -12,20 +12,11 @@ from PIL import Image
 from lineguard.config import IngestConfig
 from lineguard.ingest import ingest
 from lineguard.manifest import load_dataset
+from tests.unit.test_labelstudio import FIXTURE_FILES
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "labelstudio"
 EXPORT = FIXTURES / "project-3-at-2026-05-04-16-25-export.json"
-FILES = [  # the images the fixture export points at, relative to its local-files root
-    "Vanilla Sprinkles/unsorted/IMG_0001.png",
-    "Vanilla Sprinkles/unsorted/IMG_0002.png",
-    "Vanilla Sprinkles/unsorted/IMG_0003.png",
-    "chocolate-nuts/unsorted/cone-0004.png",
-    "chocolate-nuts/unsorted/cone-0005.png",
-    "chocolate-nuts/unsorted/cone-0008.png",
-    "STRAWBERRY_DRIZZLE/unsorted/IMG_0009.png",
-    "Mint Chips/unsorted/IMG_0014.png",
-    "Mint Chips/unsorted/IMG_0015.png",
-]
+FILES = FIXTURE_FILES  # the images the fixture export points at, relative to its local-files root
 
 
 @pytest.mark.skipif(not EXPORT.exists(), reason="Label Studio fixtures not present")
