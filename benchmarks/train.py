@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _report import write_section
@@ -68,7 +69,7 @@ def _real_like(work: Path, seed: int = 0) -> str:
     return str(out)
 
 
-def _p3(data: str, work: Path, repeats: int) -> list[dict[str, float]]:
+def _p3(data: str, work: Path, repeats: int) -> list[dict[str, Any]]:
     from rich.console import Console
 
     from lineguard.config import load_config
@@ -87,11 +88,24 @@ def _p3(data: str, work: Path, repeats: int) -> list[dict[str, float]]:
             if h["val_balanced_accuracy"] >= 0.99:
                 first99 = cum
                 break
-        rows.append({"wall_s": wall, "test_bal_acc": result.test_metrics.get("balanced_accuracy", float("nan")),
+        rows.append({"run_id": result.run_id, "wall_s": wall, "test_bal_acc": result.test_metrics.get("balanced_accuracy", float("nan")),
                      "val_bal_acc": result.val_metrics["balanced_accuracy"], "epochs": float(len(result.history)),
                      "train_s_to_val99": first99})
         print(f"P3 run {i}: {rows[-1]}", flush=True)
     return rows
+
+
+def _reproduce(run_id: str, work: Path) -> dict[str, tuple[float, float, float]]:
+    """Q5: re-run the first P3 run from what it recorded; the metric differences."""
+    from rich.console import Console
+
+    from lineguard.config import load_config
+    from lineguard.train import reproduce
+
+    cfg = load_config(None, [f"workdir={work / 'p3-0'}"])
+    result = reproduce(cfg, run_id, progress=False, console=Console(quiet=True))
+    print(f"Q5 reproduce {run_id}: {result.differences}", flush=True)
+    return result.differences
 
 
 def _throughput(steps: int = 6, batch: int = 64) -> list[tuple[str, float, float]]:
@@ -155,6 +169,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="P3 repeats (median reported)")
     parser.add_argument("--skip-real", action="store_true", help="skip the real-like variant")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-reproduce", action="store_true", help="skip Q5 (re-running the first P3 run)")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -165,10 +180,11 @@ def main() -> None:
         work = Path(tmp)
         data = args.data or _toy(work)
         p3 = _p3(data, work, args.repeats)
+        repro = None if args.skip_reproduce else _reproduce(str(p3[0]["run_id"]), work)
         thr = [] if args.skip_throughput else _throughput()
         real = None if args.skip_real else _real(_real_like(work), work)
 
-    med = {k: statistics.median(r[k] for r in p3) for k in p3[0]}
+    med = {k: statistics.median(float(r[k]) for r in p3) for k in p3[0] if k != "run_id"}
     tc, pc = defaults.train, defaults.preprocess
     load = os.getloadavg()[0]
     lines = [
@@ -190,6 +206,13 @@ def main() -> None:
         "",
         "Per run: " + "; ".join(f"{r['wall_s']:.1f} s / test {100 * r['test_bal_acc']:.2f} %" for r in p3),
     ]
+    if repro:
+        worst = max(abs(d) for _a, _b, d in repro.values())
+        lines += ["", "Q5 reproducibility: `lineguard reproduce` of the first P3 run (same machine, what the run "
+                  "recorded alone):", "", "| metric | original | re-run | difference |", "| --- | --- | --- | --- |"]
+        lines += [f"| {k} | {a:.4f} | {b:.4f} | {d:+.4f} |" for k, (a, b, d) in repro.items()]
+        lines += ["", f"Largest difference {100 * worst:.2f} points (target ≤ 0.1): "
+                  f"{'met ✅' if worst <= 0.001 else 'not met ❌'}."]
     if thr:
         lines += ["", f"Training throughput at the default input size (augment + forward + backward + AdamW step, "
                   f"batch 64, {defaults.train.threads or os.cpu_count()} threads, width {tc.width}):", "",

@@ -71,10 +71,21 @@ def _affine(x: torch.Tensor, config: AugmentConfig, s: float, pad: float, gen: t
     tx, ty = _uniform(n, -shift, shift, gen, dev) * 2, _uniform(n, -shift, shift, gen, dev) * 2
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = _affine_grid(theta, x.shape[2], x.shape[3])
     # Sample (x - pad) with zero padding, then add pad back: the border gets the letterbox colour.
     out = F.grid_sample(x - pad, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out + pad
+
+
+def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (N, C, h, w), align_corners=False)`` with broadcast arithmetic
+    (PyTorch's CPU kernel for it costs as much as the ``grid_sample`` itself)."""
+    ys = ((torch.arange(h, device=theta.device, dtype=theta.dtype) * 2 + 1) / h - 1).view(1, h, 1)
+    xs = ((torch.arange(w, device=theta.device, dtype=theta.dtype) * 2 + 1) / w - 1).view(1, 1, w)
+    t = theta.view(-1, 6, 1, 1)
+    gx = t[:, 0] * xs + t[:, 1] * ys + t[:, 2]
+    gy = t[:, 3] * xs + t[:, 4] * ys + t[:, 5]
+    return torch.stack([gx, gy], dim=3)
 
 
 def _colour(x: torch.Tensor, config: AugmentConfig, s: float, gen: torch.Generator) -> torch.Tensor:

@@ -39,7 +39,7 @@ class SynthConfig(_Section):
     """The procedurally drawn toy dataset (ice-cream cones on a conveyor)."""
 
     recipes: int = Field(5, ge=1, le=8, description="how many recipes to draw")
-    per_class: int = Field(100, ge=1, description="images per recipe and per class (good, bad)")
+    per_class: int = Field(300, ge=1, description="images per recipe and per class (good, bad)")
     size: int = Field(128, ge=32, le=1024, description="image side in pixels")
     seed: int = 0
     difficulty: float = Field(0.5, ge=0.0, le=1.0, description="0 = clean studio shots, 1 = harsh line")
@@ -125,7 +125,7 @@ class IngestConfig(_Section):
 class PreprocessConfig(_Section):
     """The preprocessing contract; it ships inside every bundle (see preprocess.py)."""
 
-    size: tuple[int, int] = (128, 128)
+    size: tuple[int, int] = (96, 96)
     resize: Literal["letterbox", "stretch", "center_crop"] = "letterbox"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -156,14 +156,20 @@ class TrainConfig(_Section):
     # tinycnn: the model that meets the edge budget (P1); see docs/training.md.
     model: str = Field("tinycnn", description="architecture, a key of lineguard.models.MODELS")
     width: float = Field(1.0, gt=0.0, le=2.0, description="width multiplier of the architecture")
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(25, ge=1)
+    batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-2, gt=0.0, description="peak AdamW learning rate (after warm-up, then cosine decay)")
     backbone_lr_scale: float = Field(0.1, gt=0.0, le=1.0, description="backbone lr factor when fine-tuning")
     weight_decay: float = Field(0.05, ge=0.0)
     warmup_epochs: float = Field(1.0, ge=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    ema: float = Field(0.99, ge=0.0, lt=1.0, description="per-step decay of a weight moving average that is "
+                       "validated and kept instead of the raw weights; 0 = off")
     balance: Literal["sampler", "loss", "none"] = "sampler"
+    recipe_head: bool = Field(True, description="score each (recipe, class) pair and sum the pairs back to "
+                              "classes: 'good' can look different per recipe; off, or one recipe: a plain head")
+    recipe_head_min: int = Field(30, ge=1, description="use the recipe head only when every (recipe, class) pair "
+                                 "has at least this many train images (always when fine-tuning a recipe-head run)")
     patience: int = Field(10, ge=1, description="early stopping: epochs without val balanced-accuracy gain")
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -121,12 +122,14 @@ class _SeparableBlock(nn.Module):
 class TinyCNN(_Classifier):
     """A from-scratch CNN for sub-millisecond inference: stem, 4 separable stages, GAP, linear.
 
-    At 128 px and width 1.0 it has ~0.1 M parameters; the stride-2 stem plus three more
-    stride-2 stages leave an 8x8 map, fine enough for small details such as toppings.
+    At width 1.0 it has ~0.07 M parameters and ~4.6 M multiply-adds at 96 px (8 M at 128 px);
+    the stride-2 stem plus three more stride-2 stages leave a 6x6 map at 96 px. The last
+    stage is the widest (256): it holds the combinations -- this topping on that ice cream --
+    the head needs, and at that resolution width is cheap.
     """
 
     # (out_channels, stride, blocks) per stage after the stem
-    STAGES: tuple[tuple[int, int, int], ...] = ((32, 2, 1), (64, 2, 2), (128, 2, 2), (128, 1, 1))
+    STAGES: tuple[tuple[int, int, int], ...] = ((32, 2, 1), (64, 2, 2), (128, 2, 2), (256, 1, 1))
 
     def __init__(self, num_classes: int = 2, width: float = 1.0, dropout: float = 0.1) -> None:
         super().__init__()
@@ -534,6 +537,94 @@ def load_weights(model: nn.Module, path: str, strict_head: bool = False) -> list
         )
     model.load_state_dict(state, strict=False)
     return sorted(skipped)
+
+
+class GroupedLinear(nn.Linear):
+    """A head over sub-classes -- (group, class) pairs -- that outputs class logits.
+
+    Row ``g * num_classes + c`` scores class ``c`` within group ``g``; ``forward`` returns
+    ``logsumexp`` over the groups, so ``softmax(forward(x))`` is each class's probability
+    summed over its groups: the model still outputs one logit per class (ONNX, edge,
+    evaluation see no difference). Training scores the sub-classes (:func:`sub_class_outputs`).
+    LineGuard's groups are the recipes: "good" is a different picture per recipe (the right
+    topping for *this* ice cream), which one linear layer over pooled features cannot express
+    with one logit per class, and can with one per (recipe, class).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, group_names: Sequence[str]) -> None:
+        super().__init__(in_features, num_classes * len(group_names))
+        self.num_classes = num_classes
+        self.group_names = list(group_names)
+        self.ungrouped = False  # True inside sub_class_outputs(): forward returns the sub-class logits
+
+    def group(self, sub: Tensor) -> Tensor:
+        """Sub-class logits ``(N, groups * classes)`` -> class logits ``(N, classes)``."""
+        return torch.logsumexp(sub.unflatten(1, (len(self.group_names), self.num_classes)), dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        sub = super().forward(x)
+        return sub if self.ungrouped else self.group(sub)
+
+
+def grouped_head(model: nn.Module) -> GroupedLinear | None:
+    """The model's :class:`GroupedLinear` head, or None for a plain head."""
+    head = model.get_submodule(last_layer_prefix(model))
+    return head if isinstance(head, GroupedLinear) else None
+
+
+def set_grouped_head(model: nn.Module, group_names: Sequence[str]) -> GroupedLinear:
+    """Replace the head's final Linear by a freshly initialised :class:`GroupedLinear` over ``group_names``."""
+    prefix = last_layer_prefix(model)
+    old = model.get_submodule(prefix)
+    assert isinstance(old, nn.Linear)
+    num_classes = old.num_classes if isinstance(old, GroupedLinear) else old.out_features
+    head = GroupedLinear(old.in_features, num_classes, group_names)
+    nn.init.normal_(head.weight, 0, 0.01)
+    nn.init.zeros_(head.bias)
+    parent, _, name = prefix.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, head)
+    return head
+
+
+def remap_grouped_head(state: dict[str, Tensor], model: nn.Module, old_groups: Sequence[str]) -> list[str]:
+    """Fit a saved grouped head (``old_groups``) to ``model``'s groups in ``state``, in place.
+
+    Rows of groups both know are copied; the model's other groups keep their fresh
+    initialisation. Returns the groups that were new. Used when fine-tuning onto a
+    different set of recipes, so the recipes the old model knew keep what it learned.
+    """
+    head = grouped_head(model)
+    prefix = last_layer_prefix(model)
+    if head is None or f"{prefix}.weight" not in state:
+        return []
+    c = head.num_classes
+    old_w, old_b = state[f"{prefix}.weight"], state[f"{prefix}.bias"]
+    if old_w.shape != (c * len(old_groups), head.in_features):
+        return list(head.group_names)  # a different head altogether: load_weights re-initialises it
+    w, b = head.weight.detach().clone(), head.bias.detach().clone()
+    new = []
+    for g, name in enumerate(head.group_names):
+        if name in old_groups:
+            o = list(old_groups).index(name)
+            w[g * c : (g + 1) * c], b[g * c : (g + 1) * c] = old_w[o * c : (o + 1) * c], old_b[o * c : (o + 1) * c]
+        else:
+            new.append(name)
+    state[f"{prefix}.weight"], state[f"{prefix}.bias"] = w, b
+    return new
+
+
+@contextmanager
+def sub_class_outputs(model: nn.Module) -> Iterator[GroupedLinear | None]:
+    """Within the block, a grouped model outputs its sub-class logits; yields the head (None if plain)."""
+    head = grouped_head(model)
+    if head is None:
+        yield None
+        return
+    head.ungrouped = True
+    try:
+        yield head
+    finally:
+        head.ungrouped = False
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -23,6 +23,7 @@ import random
 import re
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -72,7 +73,11 @@ class TrainResult:
     @property
     def model_meta(self) -> dict[str, Any]:
         """What rebuilds the model from its weights (stored as ``model/model.json`` in the run)."""
-        return model_meta(self.config, self.classes, self.preprocess, self.dataset_version)
+        from lineguard.models import grouped_head
+
+        head = grouped_head(self.model)
+        return model_meta(self.config, self.classes, self.preprocess, self.dataset_version,
+                          head.group_names if head is not None else ())
 
 
 @dataclass
@@ -98,13 +103,17 @@ class PreparedData:
 
 
 def model_meta(
-    config: LineguardConfig, classes: Sequence[str], params: PreprocessParams, dataset_version: str
+    config: LineguardConfig, classes: Sequence[str], params: PreprocessParams, dataset_version: str,
+    head_recipes: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """What rebuilds a model from its weights: ``head_recipes`` names the groups of a
+    :class:`~lineguard.models.GroupedLinear` head (empty: a plain head)."""
     return {
         "schema": 1,
         "model": config.train.model,
         "width": config.train.width,
         "classes": list(classes),
+        "head_recipes": list(head_recipes),
         "positive_class": list(classes)[-1],
         "preprocess": params.to_dict(),
         "dataset_version": dataset_version,
@@ -156,16 +165,17 @@ def resolve_device(name: str) -> torch.device:
 def load_split(
     dataset: Dataset, split: str, params: PreprocessParams, classes: Sequence[str], progress: bool = False
 ) -> SplitTensors:
-    """Decode and resize a split once (``preprocess.resize``) into a uint8 tensor in memory."""
-    import torch
+    """Decode and resize a split once (``preprocess.resize``) into a uint8 tensor in memory.
 
-    from lineguard.preprocess import resize
+    Images are decoded on a few threads (Pillow releases the GIL while decoding and resizing).
+    """
+    import torch
 
     rows = dataset.split(split)
     h, w = params.size
     images = np.empty((len(rows), 3, h, w), dtype=np.uint8)
-    for i, img in enumerate(_decoded(dataset, rows, progress, split)):
-        images[i] = resize(img, params).transpose(2, 0, 1)
+    for i, img in enumerate(_decoded(dataset, rows, params, progress, split)):
+        images[i] = img.transpose(2, 0, 1)
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(rows["label"]) - set(index))
     if unknown:
@@ -174,19 +184,26 @@ def load_split(
     return SplitTensors(torch.from_numpy(images), labels, [str(r) for r in rows["recipe"]])
 
 
-def _decoded(dataset: Dataset, rows: Any, progress: bool, split: str) -> Any:
-    from lineguard.preprocess import ImageDecodeError
+def _decoded(dataset: Dataset, rows: Any, params: PreprocessParams, progress: bool, split: str) -> Any:
+    """Each image of ``rows`` decoded and resized to the model input (HxWx3 uint8), in order."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    paths: Any = list(rows["path"])
-    if progress and paths:
-        from rich.progress import track
+    from lineguard.preprocess import ImageDecodeError, resize
 
-        paths = track(paths, description=f"Decoding {split}", transient=True)
-    for path in paths:
+    def load(path: str) -> np.ndarray:
         try:
-            yield dataset.read_image(path)
+            return resize(dataset.read_image(path), params)
         except ImageDecodeError as exc:
             raise TrainError(f"dataset '{dataset.root}': image '{path}' cannot be decoded ({exc})") from None
+
+    paths = list(rows["path"])
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        decoded: Any = pool.map(load, paths)
+        if progress and paths:
+            from rich.progress import track
+
+            decoded = track(decoded, total=len(paths), description=f"Decoding {split}", transient=True)
+        yield from decoded
 
 
 def prepare_data(dataset: Dataset, params: PreprocessParams, progress: bool = False) -> PreparedData:
@@ -255,6 +272,27 @@ def _with_init_architecture(config: LineguardConfig, init: _Init) -> LineguardCo
     return config.model_copy(update={"train": train_cfg, "preprocess": pre_cfg})
 
 
+def _head_recipes(config: LineguardConfig, init: _Init | None, split: SplitTensors, classes: Sequence[str]) -> list[str]:
+    """The recipes of a recipe head for this run, or [] for a plain head.
+
+    A recipe head needs two recipes or more and ``train.recipe_head_min`` train images of every
+    (recipe, class) pair -- with fewer, one logit per class learns faster. Fine-tuning a run
+    that had one keeps it (its recipes plus the new ones), so what it learned carries over.
+    """
+    tc = config.train
+    recipes = sorted(set(split.recipes))
+    if not tc.recipe_head:
+        return []
+    if init is not None and init.meta.get("head_recipes"):
+        old = list(init.meta["head_recipes"])
+        return old + [r for r in recipes if r not in old]
+    if len(recipes) < 2:
+        return []
+    cells = Counter(zip(split.recipes, split.labels.tolist(), strict=True))
+    enough = all(cells[(r, c)] >= tc.recipe_head_min for r in recipes for c in range(len(classes)))
+    return recipes if enough else []
+
+
 def _load_init_weights(config: LineguardConfig, model: torch.nn.Module, init: _Init) -> list[str]:
     """Load the init weights into ``model``; returns head keys left fresh (class count differs)."""
     from lineguard import models, tracking
@@ -263,6 +301,13 @@ def _load_init_weights(config: LineguardConfig, model: torch.nn.Module, init: _I
         return models.load_weights(model, init.weights_path)
     assert init.run_id is not None
     data = tracking.read_artifact(config, init.run_id, tracking.WEIGHTS_ARTIFACT)
+    old_groups = init.meta.get("head_recipes") or []
+    if old_groups and models.grouped_head(model) is not None:
+        from safetensors.torch import load, save
+
+        state = load(data)
+        models.remap_grouped_head(state, model, old_groups)  # rows of the recipes both know carry over
+        data = save(state)
     with tempfile.TemporaryDirectory(prefix="lineguard-init-") as tmp:
         path = os.path.join(tmp, "init.safetensors")
         with open(path, "wb") as f:
@@ -368,15 +413,27 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 def _epoch_indices(labels: torch.Tensor, balance: str, gen: torch.Generator) -> torch.Tensor:
-    """This epoch's sample order: balanced with replacement (``sampler``) or a plain shuffle."""
+    """This epoch's sample order: class-balanced (``sampler``) or a plain shuffle.
+
+    The balanced order takes every image of the largest class once and cycles through
+    random permutations of each smaller class until it has as many: every image is seen
+    every epoch (drawing with replacement would skip about a third of them), and the
+    classes are seen equally often. With balanced classes it is a plain shuffle.
+    """
     import torch
 
     n = len(labels)
-    if balance == "sampler":
-        counts = torch.bincount(labels).float()
-        weights = (1.0 / counts.clamp(min=1))[labels]
-        return torch.multinomial(weights, n, replacement=True, generator=gen)
-    return torch.randperm(n, generator=gen)
+    if balance != "sampler" or n == 0:
+        return torch.randperm(n, generator=gen)
+    members = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
+    target = max(len(m) for m in members)
+    parts = []
+    for m in members:
+        reps = -(-target // len(m))
+        cycled = torch.cat([m[torch.randperm(len(m), generator=gen)] for _ in range(reps)])
+        parts.append(cycled[:target])
+    order = torch.cat(parts)
+    return order[torch.randperm(len(order), generator=gen)]
 
 
 def train(
@@ -426,6 +483,9 @@ def train(
     val_split, test_split = data.splits["val"], data.splits["test"]
 
     model = models.create_model(tc.model, num_classes=len(classes), width=tc.width, weights=tc.weights)
+    recipes = _head_recipes(config, init, train_split, classes)
+    if recipes:
+        models.set_grouped_head(model, recipes)
     fine_tuning = init is not None or tc.weights is not None
     if init is not None:
         skipped = _load_init_weights(config, model, init)
@@ -479,6 +539,55 @@ def _load_teacher(
     return teacher, PreprocessParams.from_dict(meta["preprocess"])
 
 
+def _recipe_head_loss(sub: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, groups: torch.Tensor,
+                      num_classes: int, class_weights: torch.Tensor | None, smoothing: float) -> torch.Tensor:
+    """Cross-entropy over the (recipe, class) sub-classes; an image whose recipe the head does not
+    know is scored on the class logits instead. Class weights apply to every recipe's copy of a class."""
+    import torch
+    import torch.nn.functional as F
+
+    known = groups >= 0
+    per = torch.empty(len(y), device=y.device)
+    if bool(known.any()):
+        w = class_weights.repeat(sub.shape[1] // num_classes) if class_weights is not None else None
+        per[known] = F.cross_entropy(sub[known], groups[known] * num_classes + y[known], weight=w,
+                                     label_smoothing=smoothing, reduction="none")
+    if not bool(known.all()):
+        per[~known] = F.cross_entropy(logits[~known], y[~known], weight=class_weights, label_smoothing=smoothing,
+                                      reduction="none")
+    if class_weights is None:
+        return per.mean()
+    return per.sum() / class_weights[y].sum()  # cross_entropy's weighted mean
+
+
+class _Ema:
+    """An exponential moving average of the weights (and batch-norm statistics), updated each step.
+
+    ``decay`` is per step; the average starts as a copy and warms up (decay ``min(decay,
+    (1 + t) / (10 + t))``) so early epochs are not dominated by the random initialisation.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        import copy
+
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    def update(self, model: torch.nn.Module) -> None:
+        import torch
+
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            for avg, cur in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
+                if avg.dtype.is_floating_point:
+                    avg.lerp_(cur.detach(), 1 - d)  # exact where the weights did not move
+                else:
+                    avg.copy_(cur)
+
+
 def _set_backbone_trainable(model: torch.nn.Module, trainable: bool) -> None:
     from lineguard import models
 
@@ -508,6 +617,10 @@ def _fit(
     class_weights = None
     if tc.balance == "loss":
         class_weights = (counts.sum() / (num_classes * counts.clamp(min=1))).to(device)
+    head = models.grouped_head(model)
+    # Recipe-head targets: sub-class g * C + c for an image of recipe g; -1 for a recipe the head lacks.
+    group_of = {name: g for g, name in enumerate(head.group_names)} if head is not None else {}
+    train_groups = torch.tensor([group_of.get(r, -1) for r in train_split.recipes], dtype=torch.int64)
 
     backbone_lr = tc.lr * (tc.backbone_lr_scale if fine_tuning else 1.0)
     head_ids = {id(p) for p in models.head_parameters(model)}
@@ -516,10 +629,17 @@ def _fit(
         {"params": [p for p in model.parameters() if id(p) in head_ids], "lr": tc.lr, "base_lr": tc.lr},
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=tc.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_split) / tc.batch_size))
+    present = counts[counts > 0]
+    epoch_len = int(present.max()) * len(present) if tc.balance == "sampler" and len(present) else len(train_split)
+    steps_per_epoch = max(1, math.ceil(epoch_len / tc.batch_size))
     total_steps = steps_per_epoch * tc.epochs
     warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
     freeze = tc.freeze_epochs if fine_tuning else 0
+
+    fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    model.to(memory_format=fmt)  # oneDNN's fast convolution layout on CPU
+    ema = _Ema(model, tc.ema) if tc.ema > 0 else None
+    judged = ema.model if ema is not None else model  # the weights validated, kept and returned
 
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {"bal": -1.0, "loss": math.inf, "epoch": 0, "state": None}
@@ -542,8 +662,16 @@ def _fit(
                 raw = augment_batch(train_split.images[idx].to(device), config.augment, aug_gen,
                                     pad_value=params.pad_value)
                 y = train_split.labels[idx].to(device)
-                logits = model(normalise_batch(raw, params))
-                loss = F.cross_entropy(logits, y, weight=class_weights, label_smoothing=tc.label_smoothing)
+                x = normalise_batch(raw, params).contiguous(memory_format=fmt)
+                if head is None:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y, weight=class_weights, label_smoothing=tc.label_smoothing)
+                else:
+                    with models.sub_class_outputs(model):
+                        sub = model(x)
+                    logits = head.group(sub)
+                    loss = _recipe_head_loss(sub, logits, y, train_groups[idx].to(device), num_classes,
+                                             class_weights, tc.label_smoothing)
                 if teacher is not None and teacher_params is not None and tc.distill_weight > 0:
                     with torch.no_grad():
                         t_in = raw if tuple(teacher_params.size) == tuple(params.size) else F.interpolate(
@@ -559,10 +687,12 @@ def _fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if ema is not None:
+                    ema.update(model)
                 step += 1
                 loss_sum += float(loss.detach()) * len(idx)
                 seen += len(idx)
-            val = classification_metrics(_predict(model, val_split, params, device), val_split.labels, num_classes)
+            val = classification_metrics(_predict(judged, val_split, params, device), val_split.labels, num_classes)
             row = {"epoch": float(epoch), "train_loss": loss_sum / max(1, seen),
                    "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                    "val_balanced_accuracy": val["balanced_accuracy"], "lr": tc.lr * _lr_factor(step - 1, warmup_steps,
@@ -577,7 +707,7 @@ def _fit(
                 val["balanced_accuracy"] == best["bal"] and val["loss"] < best["loss"])
             if better:
                 best.update(bal=val["balanced_accuracy"], loss=val["loss"], epoch=epoch,
-                            state={k: v.detach().clone() for k, v in model.state_dict().items()})
+                            state={k: v.detach().clone() for k, v in judged.state_dict().items()})
             stale = 0 if val["balanced_accuracy"] > max((h["val_balanced_accuracy"] for h in history[:-1]),
                                                         default=-1.0) else stale + 1
             bar.update(task, advance=1)
@@ -594,6 +724,7 @@ def _fit(
 
     if best["state"] is not None:
         model.load_state_dict(best["state"])
+    model.to(memory_format=torch.contiguous_format)  # safetensors and ONNX export want plain layouts
     model.eval()
     val_logits = _predict(model, val_split, params, device)
     val_metrics = classification_metrics(val_logits, val_split.labels, num_classes)

@@ -192,3 +192,23 @@ def test_train_cli_records_a_run(store: dict[str, Any]) -> None:
     run_id = out.output.split("run id:")[1].split()[0]
     rec = tracking.load_run(store["cfg"], run_id)
     assert rec.name == "from-cli" and rec.params["train.device"] == "cpu"
+
+
+def test_a_recipe_head_run_rebuilds_and_fine_tunes_onto_a_new_recipe(store: dict[str, Any], tmp_path: Path) -> None:
+    from lineguard.models import grouped_head
+
+    cfg, ds = store["cfg"], store["ds"]
+    first = train(_cfg(Path(cfg.workdir), "train.recipe_head_min=1", "train.epochs=1"), ds, progress=False)
+    old_recipes = sorted(set(ds.split("train")["recipe"]))
+    model, meta = tracking.load_model_from_run(cfg, str(first.run_id))
+    head = grouped_head(model)
+    assert head is not None and head.group_names == old_recipes == meta["head_recipes"]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), first.model.eval()(x))
+    new = make_simple_dataset(tmp_path / "new", per_class=8, recipes=3, size=40, seed=9)
+    added = sorted(set(new.split("train")["recipe"]) - set(old_recipes))
+    result = train(_cfg(Path(cfg.workdir), f"train.init_from={first.run_id}", "train.epochs=1", "train.rehearsal=5"),
+                   new, progress=False)
+    # fine-tuning keeps the recipe head even below recipe_head_min: the old recipes first, the new ones after
+    assert result.model_meta["head_recipes"] == old_recipes + added

@@ -105,11 +105,13 @@ def test_prepared_data_is_reused_and_matches_preprocess(tmp_path: Path, tiny_ds:
     assert result.history
 
 
-def test_balanced_sampler_draws_classes_evenly() -> None:
+def test_balanced_sampler_draws_classes_evenly_and_sees_every_image() -> None:
     labels = torch.tensor([0] * 90 + [1] * 10)
     idx = _epoch_indices(labels, "sampler", torch.Generator().manual_seed(0))
-    share = float(labels[idx].float().mean())
-    assert 0.35 < share < 0.65
+    assert len(idx) == 180 and float(labels[idx].float().mean()) == 0.5
+    assert set(idx.tolist()) == set(range(100))  # nothing skipped, unlike drawing with replacement
+    assert torch.bincount(idx[labels[idx] == 1]).max() == 9  # the minority is cycled evenly
+    assert not torch.equal(idx[:90], torch.sort(idx[:90]).values)  # shuffled
     assert sorted(_epoch_indices(labels, "none", torch.Generator().manual_seed(0)).tolist()) == list(range(100))
 
 
