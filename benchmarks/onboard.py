@@ -9,9 +9,9 @@ recipes). The new recipe is the sixth (``pistachio_coconut``), never seen in tra
 ``--images`` labelled images (half good, half bad) are ingested as a dataset of their own
 (70 % train, 30 % val), then
 
-- fine-tuned: ``lineguard train --data NEW --init-from RUN`` with the documented onboarding
-  settings (``train.freeze_epochs=2``, ``train.epochs=15``, rehearsal of ``train.rehearsal``
-  old images per class from the champion's dataset), and
+- fine-tuned: ``lineguard train --data NEW --init-from RUN`` with the onboarding settings of
+  docs/training.md (``--finetune``, default ``train.backbone_lr_scale=0.5 train.epochs=30``),
+  rehearsing ``train.rehearsal`` old images per class from the champion's dataset, and
 - from scratch: ``lineguard train --data NEW`` with the default recipe.
 
 Both are scored on 200 held-out images of the new recipe (another synth seed) and on the
@@ -68,6 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=30, help="labelled images of the new recipe (half bad)")
     parser.add_argument("--seeds", type=int, default=3, help="new-recipe samples (median reported)")
+    parser.add_argument("--finetune", default="train.backbone_lr_scale=0.5 train.epochs=30",
+                        help="the fine-tuning overrides (space-separated), after train.init_from=CHAMPION")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -100,8 +102,7 @@ def main() -> None:
                               split={"train": 0.7, "val": 0.3, "test": 0.0})
             new_ds = load_dataset(new)
             row: dict[str, float] = {"seed": float(seed), "images": float(len(new_ds.manifest))}
-            for kind, extra in (("fine-tuned", [f"train.init_from={champion.run_id}", "train.freeze_epochs=2",
-                                                "train.epochs=15"]),
+            for kind, extra in (("fine-tuned", [f"train.init_from={champion.run_id}", *args.finetune.split()]),
                                 ("scratch", [])):
                 cfg = load_config(None, [f"workdir={work / 'lg'}", *extra])
                 t0 = time.perf_counter()
@@ -131,7 +132,7 @@ def main() -> None:
         "",
         "| | new recipe bal. acc | old recipes bal. acc | wall s |",
         "| --- | --- | --- | --- |",
-        f"| fine-tuned from the champion (`--init-from RUN`, rehearsal, freeze 2, 15 epochs) | "
+        f"| fine-tuned from the champion (`--init-from RUN`, rehearsal, `{args.finetune}`) | "
         f"{100 * ft:.1f} % {'✅' if ft >= 0.97 else '❌'} | {100 * med('fine-tuned old'):.1f} % | "
         f"{med('fine-tuned s'):.0f} |",
         f"| from scratch, default recipe | {100 * sc:.1f} % | {100 * med('scratch old'):.1f} % | "

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["synth", "ingest", "train", "models", "evaluate", "edge_latency", "compress", "pipeline"]
+ORDER = ["synth", "ingest", "train", "onboard", "models", "evaluate", "edge_latency", "compress", "pipeline"]
 
 
 def main(names: list[str]) -> int:

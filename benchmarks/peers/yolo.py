@@ -250,6 +250,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument(
+        "--section", default=TITLE, help="the docs/benchmarks.md section to write (e.g. one per dataset)"
+    )
+    parser.add_argument(
         "--note", default="", help="a caveat printed at the top of the section (e.g. a loaded machine)"
     )
     args = parser.parse_args()
@@ -263,7 +266,7 @@ def main() -> int:
         status = 1
     if args.note:
         body = f"**Note:** {args.note}\n\n{body}"
-    write_section(TITLE, body, command)
+    write_section(args.section, body, command)
     print(body)
     return status
 

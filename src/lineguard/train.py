@@ -361,6 +361,10 @@ def _rehearsal_split(
                         [str(r) for r in sample["recipe"]]), old
 
 
+def _repeat(split: SplitTensors, times: int) -> SplitTensors:
+    return SplitTensors(split.images.repeat(times, 1, 1, 1), split.labels.repeat(times), split.recipes * times)
+
+
 def _concat(a: SplitTensors, b: SplitTensors | None) -> SplitTensors:
     import torch
 
@@ -479,6 +483,10 @@ def train(
     classes = data.classes
     train_split = data.splits["train"]
     rehearsal, rehearsal_ds = _rehearsal_split(config, init, rehearsal_data, dataset, params, classes, console)
+    if rehearsal is not None and len(rehearsal) > len(train_split) > 0:
+        # A few new images against many old ones: repeat the new ones so each epoch shows both about equally
+        # (augmentation makes every copy a different view); otherwise the new recipe is a rounding error.
+        train_split = _repeat(train_split, math.ceil(len(rehearsal) / len(train_split)))
     train_split = _concat(train_split, rehearsal)
     val_split, test_split = data.splits["val"], data.splits["test"]
 

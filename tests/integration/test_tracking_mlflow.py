@@ -212,3 +212,14 @@ def test_a_recipe_head_run_rebuilds_and_fine_tunes_onto_a_new_recipe(store: dict
                    new, progress=False)
     # fine-tuning keeps the recipe head even below recipe_head_min: the old recipes first, the new ones after
     assert result.model_meta["head_recipes"] == old_recipes + added
+
+
+def test_a_few_new_images_are_repeated_to_match_the_rehearsal(store: dict[str, Any], tmp_path: Path) -> None:
+    cfg, first, old = store["cfg"], store["result"], store["ds"]
+    new = make_simple_dataset(tmp_path / "few", per_class=3, recipes=1, size=40, seed=11)
+    n_new, n_old = len(new.split("train")), len(old.split("train"))  # rehearsal=1000 takes every old image
+    assert 0 < n_new < n_old
+    result = train(_cfg(Path(cfg.workdir), f"train.init_from={first.run_id}", "train.epochs=1",
+                        "train.rehearsal=1000"), new, progress=False)
+    rec = tracking.load_run(cfg, str(result.run_id))
+    assert int(rec.params["train_images"]) == n_new * -(-n_old // n_new) + n_old
