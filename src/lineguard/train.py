@@ -645,7 +645,7 @@ def _fit(
     freeze = tc.freeze_epochs if fine_tuning else 0
 
     fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    model.to(memory_format=fmt)  # oneDNN's fast convolution layout on CPU
+    model.to(memory_format=fmt)  # type: ignore[call-overload]  # oneDNN fast layout on CPU
     ema = _Ema(model, tc.ema) if tc.ema > 0 else None
     judged = ema.model if ema is not None else model  # the weights validated, kept and returned
 
@@ -732,7 +732,7 @@ def _fit(
 
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-    model.to(memory_format=torch.contiguous_format)  # safetensors and ONNX export want plain layouts
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # plain layout for safetensors
     model.eval()
     val_logits = _predict(model, val_split, params, device)
     val_metrics = classification_metrics(val_logits, val_split.labels, num_classes)
