@@ -878,7 +878,7 @@ QUICK_DEMO = [
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes data, runs and bundles.")] = Path("lineguard-work"),
-    quick: Annotated[bool, typer.Option(help="A tiny config (2 recipes, 64 px, 3 epochs) that runs in about a minute.")] = False,
+    quick: Annotated[bool, typer.Option(help="A tiny config (2 recipes, 64 px, 8 epochs) that runs in about a minute.")] = False,
     compress: Annotated[bool, typer.Option(help="Also build and compare compressed candidates.")] = True,
     config: ConfigOpt = None,
     set_: SetOpt = None,
