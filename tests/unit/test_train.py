@@ -193,3 +193,23 @@ def test_on_epoch_sees_every_epoch_and_can_stop_training(tmp_path: Path, tiny_ds
 
     with pytest.raises(Stop):
         train(_cfg(tmp_path, "train.epochs=5"), tiny_ds, track=False, progress=False, on_epoch=stop_at_two)
+
+
+def test_a_corrupt_stored_image_is_one_clear_error(tmp_path: Path) -> None:
+    ds = make_simple_dataset(tmp_path / "ds", per_class=6, recipes=1, size=40)
+    broken = ds.split("train")["path"].iloc[0]
+    (Path(ds.root) / broken).write_bytes(b"not an image at all")
+    with pytest.raises(TrainError, match=r"image '.*' cannot be decoded"):
+        train(_cfg(tmp_path, "train.epochs=1"), ds, track=False, progress=False)
+
+
+def test_ema_weights_are_what_is_validated_and_returned(tmp_path: Path, tiny_ds: Dataset) -> None:
+    """With train.ema the returned weights are the moving average: they differ from the raw run's, and
+    decay -> 0 (no averaging) gives back the raw run exactly."""
+    raw = train(_cfg(tmp_path, "train.ema=0", "train.epochs=2"), tiny_ds, track=False, progress=False)
+    avg = train(_cfg(tmp_path, "train.ema=0.9", "train.epochs=2"), tiny_ds, track=False, progress=False)
+    near_raw = train(_cfg(tmp_path, "train.ema=1e-9", "train.epochs=2"), tiny_ds, track=False, progress=False)
+    w = "classifier.1.weight"
+    assert not torch.equal(raw.model.state_dict()[w], avg.model.state_dict()[w])
+    torch.testing.assert_close(raw.model.state_dict()[w], near_raw.model.state_dict()[w])
+    assert raw.model.state_dict()[w].is_contiguous()  # returned in the plain layout (safetensors, ONNX)
