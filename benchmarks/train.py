@@ -207,6 +207,37 @@ def _real(data: str, work: Path) -> dict[str, Any]:
     return out
 
 
+def _baseline_vs_cnn(data: str, work: Path, cnn: dict[str, Any] | None) -> None:
+    """The classical baseline (hand-crafted features + scikit-learn) and the default CNN on the same split,
+    side by side; writes ``## Training: baseline vs CNN``. ``cnn``: a P3 row already measured on ``data``."""
+    from rich.console import Console
+
+    from lineguard.baseline import baseline
+    from lineguard.config import load_config
+    from lineguard.manifest import load_dataset
+    from lineguard.train import train
+
+    ds = load_dataset(data)
+    cfg = load_config(None, [f"workdir={work / 'baseline-run'}"])
+    t0 = time.perf_counter()
+    base = baseline(cfg, ds, track=False, progress=False, console=Console(quiet=True))
+    base_s = time.perf_counter() - t0
+    if cnn is None:
+        t0 = time.perf_counter()
+        result = train(cfg, ds, track=False, progress=False, console=Console(quiet=True))
+        cnn = {"wall_s": time.perf_counter() - t0, "test_bal_acc": result.test_metrics["balanced_accuracy"]}
+    rows = [("classical baseline: " + base.classifier + f" on {base.num_features} features", base_s,
+             float(base.test_metrics["balanced_accuracy"])),
+            ("default CNN (tinycnn recipe)", float(cnn["wall_s"]), float(cnn["test_bal_acc"]))]
+    lines = [f"Same dataset ({data}, version {ds.version}), same splits, test split scored at the 0.5 threshold "
+             "(no calibration). The baseline picks its classifier and parameters on val "
+             "(`lineguard baseline`).", "", "| model | wall s | test bal. acc |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {sec:.0f} | {100 * acc:.2f} % |" for name, sec, acc in rows]
+    write_section("Training: baseline vs CNN", "\n".join(lines),
+                  f"python benchmarks/train.py {' '.join(sys.argv[1:])}".strip())
+    print("\n".join(lines))
+
+
 def _write_real(real: dict[str, Any]) -> None:
     """The ``## Training: real-like data (Q2)`` section."""
     d, p = real["default"], real["plain"]
@@ -237,6 +268,8 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--real-data", help="an ingested real-like dataset (default: make one)")
     parser.add_argument("--only-real", action="store_true", help="the Q2 part alone (no P3, Q5, throughput)")
+    parser.add_argument("--skip-baseline", action="store_true", help="skip the classical baseline side by side")
+    parser.add_argument("--only-baseline", action="store_true", help="the baseline-vs-CNN part alone")
     parser.add_argument("--skip-reproduce", action="store_true", help="skip Q5 (re-running the first P3 run)")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -246,6 +279,9 @@ def main() -> None:
     defaults = load_config(None, [])
     with tempfile.TemporaryDirectory(prefix="lg-bench-train-") as tmp:
         work = Path(tmp)
+        if args.only_baseline:
+            _baseline_vs_cnn(args.data or _toy(work), work, None)
+            return
         real = None if args.skip_real else _real(args.real_data or _real_like(work), work)
         if real:
             _write_real(real)
@@ -253,6 +289,8 @@ def main() -> None:
             return
         data = args.data or _toy(work)
         p3 = _p3(data, work, args.repeats)
+        if not args.skip_baseline:
+            _baseline_vs_cnn(data, work, p3[0])
         repro = None if args.skip_reproduce else _reproduce(str(p3[0]["run_id"]), work)
         thr = [] if args.skip_throughput else _throughput()
 
