@@ -9,6 +9,7 @@ import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = (
@@ -45,6 +46,28 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def load_note() -> str:
+    """The 1-minute load average at the end of a run, with a warning when it exceeds the cores."""
+    load = os.getloadavg()[0]
+    busy = load > (os.cpu_count() or 1)
+    return f"1-minute load average at the end: {load:.1f}" + (
+        " -- a loaded machine: re-run on a quiet one." if busy else ".")
+
+
+def balanced_accuracy_on(scorer: Any, dataset: Any, splits: Sequence[str]) -> float:
+    """Balanced accuracy at the model's own 0.5 point (margin > 0) over the given splits of ``dataset``,
+    scored through ``lineguard.evaluate.predict`` (the evaluation stage's own path)."""
+    import numpy as np
+
+    from lineguard.evaluate.metrics import confusion, rates
+    from lineguard.evaluate.scoring import predict
+
+    parts = [predict(scorer, dataset, s) for s in splits if len(dataset.split(s))]
+    labels = np.concatenate([p.labels for p in parts])
+    predicted = (np.concatenate([p.margins for p in parts]) > 0).astype(np.int64)
+    return float(rates(confusion(labels, predicted))["balanced_accuracy"])
 
 
 def args_for_docs(argv: list[str]) -> str:

@@ -30,8 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from _report import write_section
+from _report import balanced_accuracy_on, load_note, write_section
 
 NEW_RECIPE_INDEX = 5  # synth.RECIPE_IDS[5]: the first recipe outside the default five
 
@@ -53,15 +52,11 @@ def _new_recipe(work: Path, name: str, per_class: int, seed: int, split: dict[st
 
 
 def _balanced_accuracy(source: str, data: str, splits: tuple[str, ...], config: object) -> float:
-    from lineguard.evaluate.scoring import load_scorer, predict
+    from lineguard.evaluate.scoring import load_scorer
     from lineguard.manifest import load_dataset
 
-    ds = load_dataset(data)
     scorer, _ = load_scorer(source, config)  # type: ignore[arg-type]
-    parts = [predict(scorer, ds, s) for s in splits if len(ds.split(s))]
-    labels = np.concatenate([p.labels for p in parts])
-    pred = np.concatenate([p.margins for p in parts]) > 0
-    return float((pred[labels == 1].mean() + (~pred[labels == 0]).mean()) / 2)
+    return balanced_accuracy_on(scorer, load_dataset(data), splits)
 
 
 def main() -> None:
@@ -119,10 +114,8 @@ def main() -> None:
 
     ft, sc = med("fine-tuned new"), med("scratch new")
     recipe = RECIPE_IDS[NEW_RECIPE_INDEX]
-    load = os.getloadavg()[0]
     lines = [
-        f"1-minute load average at the end: {load:.1f}"
-        + (" -- a loaded machine: re-run on a quiet one." if load > (os.cpu_count() or 1) else "."),
+        load_note(),
         "",
         f"New recipe `{recipe}` (never in the champion's data), {args.images} labelled images "
         f"({int(med('images'))} after ingest: 70 % train, 30 % val), {len(rows)} samples of them; scored on "

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _report import write_section
+from _report import load_note, write_section
 
 
 def _toy(work: Path, difficulty: float | None = None) -> str:
@@ -296,10 +296,8 @@ def main() -> None:
 
     med = {k: statistics.median(float(r[k]) for r in p3) for k in p3[0] if k != "run_id"}
     tc, pc = defaults.train, defaults.preprocess
-    load = os.getloadavg()[0]
     lines = [
-        f"1-minute load average at the end: {load:.1f}"
-        + (" -- a loaded machine: re-run on a quiet one." if load > (os.cpu_count() or 1) else "."),
+        load_note(),
         "",
         f"Default recipe: `{tc.model}` width {tc.width}, {pc.size[0]}x{pc.size[1]} {pc.resize}, {tc.epochs} epochs, "
         f"batch {tc.batch_size}, lr {tc.lr}, balance={tc.balance}, augment strength {defaults.augment.strength}.",

@@ -15,8 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-from _report import write_section
+from _report import balanced_accuracy_on, write_section
 
 from lineguard.config import load_config
 from lineguard.manifest import Dataset, load_dataset
@@ -32,28 +31,11 @@ VARIANTS = [
 
 
 def held_out_balanced_accuracy(result: TrainResult, ds: Dataset) -> float:
-    """Balanced accuracy at the 0.5 threshold on every image of ``ds`` (all splits)."""
-    import torch
+    """Balanced accuracy at the 0.5 point on every image of ``ds`` (all splits)."""
+    from lineguard.evaluate.scoring import TorchScorer
 
-    from lineguard.train import load_split
-
-    model = result.model.eval()
-    positive = result.classes.index(ds.positive_class)
-    hits: dict[bool, list[bool]] = {True: [], False: []}
-    for split in ("train", "val", "test"):
-        if not len(ds.split(split)):
-            continue
-        st = load_split(ds, split, result.preprocess, result.classes)
-        from lineguard.augment import normalise_batch
-
-        with torch.no_grad():
-            logits = torch.cat([model(normalise_batch(st.images[i : i + 256], result.preprocess))
-                                for i in range(0, len(st), 256)])
-        pred = (logits.argmax(1) == positive).numpy()
-        truth = (st.labels == positive).numpy()
-        for t, p in zip(truth, pred, strict=True):
-            hits[bool(t)].append(bool(t) == bool(p))
-    return float((np.mean(hits[True]) + np.mean(hits[False])) / 2)
+    scorer = TorchScorer("sweep", result.model.eval(), tuple(result.classes), ds.positive_class, result.preprocess)
+    return balanced_accuracy_on(scorer, ds, ("train", "val", "test"))
 
 
 def main() -> None:

@@ -165,17 +165,11 @@ def resolve_device(name: str) -> torch.device:
 def load_split(
     dataset: Dataset, split: str, params: PreprocessParams, classes: Sequence[str], progress: bool = False
 ) -> SplitTensors:
-    """Decode and resize a split once (``preprocess.resize``) into a uint8 tensor in memory.
-
-    Images are decoded on a few threads (Pillow releases the GIL while decoding and resizing).
-    """
+    """Decode and resize a split once (``preprocess.resize``) into a uint8 tensor in memory."""
     import torch
 
     rows = dataset.split(split)
-    h, w = params.size
-    images = np.empty((len(rows), 3, h, w), dtype=np.uint8)
-    for i, img in enumerate(_decoded(dataset, rows, params, progress, split)):
-        images[i] = img.transpose(2, 0, 1)
+    images = _decode_rows(dataset, rows, params, progress, split)
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(rows["label"]) - set(index))
     if unknown:
@@ -184,8 +178,11 @@ def load_split(
     return SplitTensors(torch.from_numpy(images), labels, [str(r) for r in rows["recipe"]])
 
 
-def _decoded(dataset: Dataset, rows: Any, params: PreprocessParams, progress: bool, split: str) -> Any:
-    """Each image of ``rows`` decoded and resized to the model input (HxWx3 uint8), in order."""
+def _decode_rows(dataset: Dataset, rows: Any, params: PreprocessParams, progress: bool, what: str) -> np.ndarray:
+    """The images of ``rows`` decoded and resized to the model input: uint8 ``(N, 3, H, W)``, in order.
+
+    A few threads decode at once (Pillow releases the GIL while decoding and resizing).
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     from lineguard.preprocess import ImageDecodeError, resize
@@ -197,13 +194,17 @@ def _decoded(dataset: Dataset, rows: Any, params: PreprocessParams, progress: bo
             raise TrainError(f"dataset '{dataset.root}': image '{path}' cannot be decoded ({exc})") from None
 
     paths = list(rows["path"])
+    h, w = params.size
+    images = np.empty((len(paths), 3, h, w), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         decoded: Any = pool.map(load, paths)
         if progress and paths:
             from rich.progress import track
 
-            decoded = track(decoded, total=len(paths), description=f"Decoding {split}", transient=True)
-        yield from decoded
+            decoded = track(decoded, total=len(paths), description=f"Decoding {what}", transient=True)
+        for i, img in enumerate(decoded):
+            images[i] = img.transpose(2, 0, 1)
+    return images
 
 
 def prepare_data(dataset: Dataset, params: PreprocessParams, progress: bool = False) -> PreparedData:
@@ -349,15 +350,11 @@ def _rehearsal_split(
     import pandas as pd
 
     sample = pd.concat(picked).reset_index(drop=True)
-    h, w = params.size
-    from lineguard.preprocess import resize
-
-    images = np.stack([resize(old.read_image(p), params).transpose(2, 0, 1) for p in sample["path"]]) \
-        if len(sample) else np.empty((0, 3, h, w), np.uint8)
+    images = _decode_rows(old, sample, params, False, "rehearsal")
     index = {c: i for i, c in enumerate(classes)}
     labels = torch.tensor([index[c] for c in sample["label"]], dtype=torch.int64)
     console.print(f"rehearsal: {len(sample)} old training images from dataset {old.version} mixed in")
-    return SplitTensors(torch.from_numpy(np.ascontiguousarray(images)), labels,
+    return SplitTensors(torch.from_numpy(images), labels,
                         [str(r) for r in sample["recipe"]]), old
 
 
@@ -416,6 +413,17 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _epoch_length(labels: torch.Tensor, balance: str) -> int:
+    """Images per epoch: every image, or (``sampler``) the largest class's count times the classes present."""
+    import torch
+
+    if balance != "sampler" or len(labels) == 0:
+        return len(labels)
+    counts = torch.bincount(labels)
+    present = counts[counts > 0]
+    return int(present.max()) * len(present)
+
+
 def _epoch_indices(labels: torch.Tensor, balance: str, gen: torch.Generator) -> torch.Tensor:
     """This epoch's sample order: class-balanced (``sampler``) or a plain shuffle.
 
@@ -430,7 +438,7 @@ def _epoch_indices(labels: torch.Tensor, balance: str, gen: torch.Generator) -> 
     if balance != "sampler" or n == 0:
         return torch.randperm(n, generator=gen)
     members = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
-    target = max(len(m) for m in members)
+    target = _epoch_length(labels, balance) // len(members)
     parts = []
     for m in members:
         reps = -(-target // len(m))
@@ -582,18 +590,23 @@ class _Ema:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.decay, self.updates = decay, 0
+        # state_dict() tensors share storage with the live weights and buffers (the optimiser and batch norm
+        # update them in place), so the pairs are resolved once instead of rebuilding two dicts every step.
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values(), strict=True))
+        self._floats = [(a, c) for a, c in pairs if a.dtype.is_floating_point]
+        self._others = [(a, c) for a, c in pairs if not a.dtype.is_floating_point]
 
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self) -> None:
+        """Move the average towards the live model's current weights (one training step)."""
         import torch
 
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         with torch.no_grad():
-            for avg, cur in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
-                if avg.dtype.is_floating_point:
-                    avg.lerp_(cur.detach(), 1 - d)  # exact where the weights did not move
-                else:
-                    avg.copy_(cur)
+            for avg, cur in self._floats:
+                avg.lerp_(cur, 1 - d)  # exact where the weights did not move
+            for avg, cur in self._others:
+                avg.copy_(cur)
 
 
 def _set_backbone_trainable(model: torch.nn.Module, trainable: bool) -> None:
@@ -637,9 +650,7 @@ def _fit(
         {"params": [p for p in model.parameters() if id(p) in head_ids], "lr": tc.lr, "base_lr": tc.lr},
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=tc.weight_decay)
-    present = counts[counts > 0]
-    epoch_len = int(present.max()) * len(present) if tc.balance == "sampler" and len(present) else len(train_split)
-    steps_per_epoch = max(1, math.ceil(epoch_len / tc.batch_size))
+    steps_per_epoch = max(1, math.ceil(_epoch_length(train_split.labels, tc.balance) / tc.batch_size))
     total_steps = steps_per_epoch * tc.epochs
     warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
     freeze = tc.freeze_epochs if fine_tuning else 0
@@ -696,7 +707,7 @@ def _fit(
                 loss.backward()
                 optimizer.step()
                 if ema is not None:
-                    ema.update(model)
+                    ema.update()
                 step += 1
                 loss_sum += float(loss.detach()) * len(idx)
                 seen += len(idx)
