@@ -58,7 +58,8 @@ class IngestConfig(_Section):
 
     label_synonyms: dict[str, list[str]] = Field(
         default_factory=lambda: {
-            "good": ["good", "ok", "pass", "passed", "accept", "accepted", "normal", "fine"],
+            "good": ["good", "ok", "pass", "passed", "accept", "accepted", "normal", "fine", "no defect",
+                     "non defective", "not defective", "defect free", "flawless"],
             "bad": ["bad", "nok", "ng", "notok", "not_ok", "defect", "defective", "reject", "rejected",
                     "fail", "failed", "anomaly"],
         },

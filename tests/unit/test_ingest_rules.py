@@ -49,6 +49,9 @@ def test_normalise_name(name: str, expected: str) -> None:
         ("okra", set()),  # whole tokens only
         ("png", set()),
         ("ok_vs_ng", {"good", "bad"}),
+        ("Non defective 01 (1)", {"good"}),  # a negated defect word is 'good', never 'bad'
+        ("no_defect", {"good"}),
+        ("defect-free", {"good"}),
     ],
 )
 def test_classes_in_names(name: str, classes: set[str]) -> None:
@@ -97,6 +100,12 @@ def test_path_votes_folder_filename_recipe() -> None:
     assert v.label == {"folder": {"scratch"}}
     v = path_votes("x/bad/vanilla_bad_missing_topping_00001.png", RULES, class_folders=False)
     assert v.defect == "missing_topping"
+
+
+def test_class_folder_is_the_label_whatever_the_file_name_says() -> None:
+    # A leather dataset's "good/Non defective 01.jpg" or a "defect/ok_batch_3.png": the user's folder decides.
+    assert path_votes("good/Defective sample 01.jpg", RULES, class_folders=True).label == {"folder": {"good"}}
+    assert path_votes("defect/ok_batch_3.png", RULES, class_folders=True).label == {"folder": {"bad"}}
 
 
 def _resolve(path: str, rows: list[dict[str, str]] | None = None, **cfg):

@@ -101,7 +101,9 @@ def path_votes(source_path: str, rules: LabelRules, class_folders: bool) -> _Lab
         folder_labels |= found
     if folder_labels:
         votes.label["folder"] = folder_labels
-    file_labels = rules.classes_in(_stem(filename))
+    # In a class-per-folder tree the user's folder is the label; a file name such as "Non defective 01.jpg"
+    # or "scratch_ok_03.png" says nothing more and must not out-vote it.
+    file_labels = set() if class_folders and folders else rules.classes_in(_stem(filename))
     if file_labels:
         votes.label["filename"] = file_labels
     if folders and not class_folders and not rules.classes_in(folders[0]) and normalise_name(folders[0]):
