@@ -34,18 +34,18 @@ def is_identity(config: AugmentConfig) -> bool:
         return True
     magnitudes = (config.rotate_deg, config.scale, config.translate, config.brightness, config.contrast,
                   config.saturation, config.hue, config.noise)
-    probabilities = (config.hflip, config.vflip, config.blur, config.cutout)
+    probabilities = (config.hflip, config.vflip, config.rot90, config.blur, config.cutout)
     return not any(magnitudes) and not any(probabilities)
 
 
 def normalise_batch(images: torch.Tensor, params: PreprocessParams) -> torch.Tensor:
-    """``(N, 3, H, W)`` pixels on the 0..255 scale (uint8 or float) -> normalised float32.
+    """``(N, C, H, W)`` pixels on the 0..255 scale (uint8 or float) -> normalised float32.
 
     Numerically the same as :func:`lineguard.preprocess.normalise`: ``x * scale + shift``
     with the float32 constants precomputed in :class:`PreprocessParams`.
     """
-    scale = torch.from_numpy(params._scale).to(images.device)
-    shift = torch.from_numpy(params._shift).to(images.device)
+    scale = torch.from_numpy(params.scale).to(images.device)
+    shift = torch.from_numpy(params.shift).to(images.device)
     return images.to(torch.float32) * scale + shift
 
 
@@ -99,6 +99,10 @@ def _colour(x: torch.Tensor, config: AugmentConfig, s: float, gen: torch.Generat
     ones = torch.ones(n, device=dev)
     b = _uniform(n, -1, 1, gen, dev) * min(0.95, config.brightness * s) + 1 if config.brightness else ones
     c = _uniform(n, -1, 1, gen, dev) * min(0.95, config.contrast * s) + 1 if config.contrast else ones
+    if x.shape[1] == 1:  # grey: brightness and contrast only (saturation and hue have nothing to act on)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        bv, cv = b.view(n, 1, 1, 1), c.view(n, 1, 1, 1)
+        return x * (bv * cv) + (1 - cv) * bv * mean
     sat = _uniform(n, -1, 1, gen, dev) * min(0.95, config.saturation * s) + 1 if config.saturation else ones
     luma = torch.tensor(_LUMA, device=dev, dtype=x.dtype)
     eye = torch.eye(3, device=dev, dtype=x.dtype)
@@ -128,8 +132,9 @@ def _blur(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     if not bool(chosen.any()):
         return x
     k1 = torch.tensor([0.25, 0.5, 0.25], device=x.device, dtype=x.dtype)
-    kernel = (k1[:, None] * k1[None, :]).expand(3, 1, 3, 3)
-    blurred = F.conv2d(F.pad(x[chosen], (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    c = x.shape[1]
+    kernel = (k1[:, None] * k1[None, :]).expand(c, 1, 3, 3)
+    blurred = F.conv2d(F.pad(x[chosen], (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
     out = x.clone()
     out[chosen] = blurred
     return out
@@ -154,9 +159,11 @@ def _cutout(x: torch.Tensor, p: float, s: float, pad: float, gen: torch.Generato
 def augment_batch(
     images: torch.Tensor, config: AugmentConfig, generator: torch.Generator, pad_value: float = 0.0
 ) -> torch.Tensor:
-    """Augment ``(N, 3, H, W)`` uint8 images; returns float32 on the 0..255 scale, clipped.
+    """Augment ``(N, C, H, W)`` uint8 images (C = 3 or 1); returns float32 on the 0..255 scale, clipped.
 
-    Order: flips, affine (rotate/scale/translate), colour jitter, blur, noise, cutout.
+    Order: flips and quarter turns, affine (rotate/scale/translate), colour jitter, blur, noise, cutout.
+    Flips and quarter turns together make the 8 symmetries of a square, right for surfaces and
+    textures that have no "up"; a quarter turn of a non-square input is a half turn (both flips).
     ``pad_value`` fills the area uncovered by the affine warp and the cutout patch, so it
     looks like the letterbox padding the model sees at inference.
     """
@@ -171,6 +178,10 @@ def augment_batch(
     if config.vflip:
         flip = _coin(n, config.vflip, generator, dev).view(n, 1, 1, 1)
         x = torch.where(flip, x.flip(2), x)
+    if config.rot90:
+        turn = _coin(n, config.rot90, generator, dev).view(n, 1, 1, 1)
+        turned = x.transpose(2, 3).flip(3) if x.shape[2] == x.shape[3] else x.flip(2).flip(3)
+        x = torch.where(turn, turned, x)
     if config.rotate_deg or config.scale or config.translate:
         x = _affine(x, config, s, float(pad_value), generator)
     if config.brightness or config.contrast or config.saturation or config.hue:

@@ -866,7 +866,7 @@ def bench(
 
 # The demo keeps to its 5-minute budget: the distilled student (a second full training run) is left to
 # `lineguard compress`, and when no candidate fits the latency budget the fp32 bundle ships with the reason.
-DEMO = ["compress.distill=false", "compress.on_no_fit=fp32"]
+DEMO = ["compress.distill=false", "compress.on_no_fit=fp32", "train.budget_s=90"]
 QUICK_DEMO = [
     "synth.recipes=2", "synth.per_class=24", "synth.size=64", "preprocess.size=[64,64]",
     "train.epochs=8", "train.batch_size=16", "evaluate.bootstrap=100", "compress.repeats=50", "compress.warmup=5",

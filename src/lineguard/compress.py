@@ -298,6 +298,12 @@ def quantize_int8(
 # --- structured pruning ---------------------------------------------------------------------------
 
 
+def _in_channels(model: torch.nn.Module) -> int:
+    from lineguard import models
+
+    return models.input_channels(model)
+
+
 def count_macs(model: torch.nn.Module, input_size: tuple[int, int]) -> tuple[int, int]:
     """(multiply-accumulates, parameters) of one batch-1 forward pass at ``input_size`` (h, w)."""
     import torch
@@ -306,7 +312,7 @@ def count_macs(model: torch.nn.Module, input_size: tuple[int, int]) -> tuple[int
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, *input_size))
+        macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, _in_channels(model), *input_size))
     model.train(was_training)
     return int(macs), int(params)
 
@@ -337,7 +343,7 @@ def prune(
     if not 0.0 < ratio < 1.0:
         raise CompressError(f"compress.prune_ratios values must be between 0 and 1 (exclusive), got {ratio}")
     pruned = copy.deepcopy(model).cpu().eval()
-    example = torch.zeros(1, 3, *input_size)
+    example = torch.zeros(1, _in_channels(model), *input_size)
     pruner = tp.pruner.BasePruner(
         pruned,
         example,
@@ -572,7 +578,6 @@ def _finetune(
     loop itself (augmentation, class balance, schedule, early stopping, best-weights restore) is
     called with the model: same code path, no second training loop.
     """
-    import time
 
     from rich.console import Console
 
@@ -590,24 +595,8 @@ def _finetune(
     train_mod.seed_everything(tc.seed, tc.threads, tc.deterministic)
     device = train_mod.resolve_device(tc.device)
     model.to(device)
-    result = train_mod._fit(
-        cfg,
-        dataset,
-        model,
-        None,
-        None,
-        data.splits["train"],
-        data.splits["val"],
-        data.splits["test"],
-        data.classes,
-        data.params,
-        device,
-        False,
-        None,
-        Console(quiet=not progress),
-        progress,
-        time.perf_counter(),
-    )
+    result = train_mod.fit(config=cfg, model=model, data=data, device=device,
+                           console=Console(quiet=not progress), progress=progress)
     return result.model.cpu().eval()  # type: ignore[no-any-return]
 
 

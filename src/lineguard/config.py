@@ -124,13 +124,30 @@ class IngestConfig(_Section):
 
 
 class PreprocessConfig(_Section):
-    """The preprocessing contract; it ships inside every bundle (see preprocess.py)."""
+    """The preprocessing contract; it ships inside every bundle (see preprocess.py).
 
-    size: tuple[int, int] = (96, 96)
+    With ``train.recipe: auto`` the training run derives size, colour and tiles from the data
+    (docs/training.md) for every key here that the config does not set; a key set here wins.
+    """
+
+    size: tuple[int, int] = Field((96, 96), description="model input (height, width) in pixels")
     resize: Literal["letterbox", "stretch", "center_crop"] = "letterbox"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    color: Literal["rgb", "grey"] = Field("rgb", description="grey: one luma channel (a 1-channel model)")
+    mean: tuple[float, ...] | None = Field(None, description="per-channel mean (0-1 scale); default: ImageNet's "
+                                           "(rgb) or their average (grey)")
+    std: tuple[float, ...] | None = Field(None, description="per-channel std; default: ImageNet's or their average")
     pad_value: int = Field(0, ge=0, le=255)
+    tile: tuple[int, int] | None = Field(None, description="classify (height, width) tiles of the resized image "
+                                         "and pool their scores: small defects in large images; None = whole image")
+    tile_stride: tuple[int, int] | None = Field(None, description="tile step (default: the tile size, no overlap)")
+    tile_pool: Literal["lse", "max", "mean"] = Field("lse", description="how tile scores become one: lse = smooth max")
+
+    @field_validator("size", "tile", "tile_stride")
+    @classmethod
+    def _positive_pair(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and min(v) < 1:
+            raise ValueError(f"must be (height, width) of positive integers, got {list(v)}")
+        return v
 
 
 class AugmentConfig(_Section):
@@ -139,6 +156,8 @@ class AugmentConfig(_Section):
     strength: float = Field(0.5, ge=0.0, le=3.0, description="scales every magnitude; 0 = no augmentation")
     hflip: float = Field(0.5, ge=0.0, le=1.0, description="probability")
     vflip: float = Field(0.0, ge=0.0, le=1.0, description="probability")
+    rot90: float = Field(0.0, ge=0.0, le=1.0, description="probability of a quarter turn (with both flips: the 8 "
+                         "symmetries of a square, for surfaces and textures; a half turn on non-square inputs)")
     rotate_deg: float = Field(15.0, ge=0.0, le=180.0)
     scale: float = Field(0.1, ge=0.0, le=0.5, description="max relative zoom in/out")
     translate: float = Field(0.08, ge=0.0, le=0.5, description="max shift as a fraction of the side")
@@ -152,12 +171,23 @@ class AugmentConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """One training run. Transfer learning and distillation are options of the same loop."""
+    """One training run. Transfer learning and distillation are options of the same loop.
 
+    ``recipe: auto`` (the default) profiles the dataset before training and derives the input
+    size, colour, tiles, augmentation family, architecture, width, batch size and learning rate
+    from it, printing and recording the reason for each; any key the config sets explicitly
+    wins. ``recipe: manual`` uses the values below as they are.
+    """
+
+    recipe: Literal["auto", "manual"] = Field("auto", description="auto: derive the recipe from the data profile")
     # tinycnn: the model that meets the edge budget (P1); see docs/training.md.
     model: str = Field("tinycnn", description="architecture, a key of lineguard.models.MODELS")
     width: float = Field(1.0, gt=0.0, le=2.0, description="width multiplier of the architecture")
-    epochs: int = Field(25, ge=1)
+    budget_s: float | None = Field(240.0, gt=0.0, description="wall-time budget of the run in seconds (decoding "
+                                   "included): the epoch count and the cosine schedule are fitted to it from the "
+                                   "measured throughput; an explicit train.epochs wins; None = train.epochs")
+    epochs: int = Field(25, ge=1, description="epochs when there is no budget (or when set explicitly)")
+    max_epochs: int = Field(150, ge=1, description="most epochs a budget may plan")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-2, gt=0.0, description="peak AdamW learning rate (after warm-up, then cosine decay)")
     backbone_lr_scale: float = Field(0.1, gt=0.0, le=1.0, description="backbone lr factor when fine-tuning")

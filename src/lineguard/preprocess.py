@@ -12,16 +12,21 @@ import io
 import struct
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lineguard import LineguardError
 
+if TYPE_CHECKING:
+    from lineguard.config import PreprocessConfig
+
 ResizeMode = Literal["letterbox", "stretch", "center_crop"]
 DEFAULT_MAX_PIXELS = 40_000_000
+# ITU-R BT.601 luma: grey model input and the brightness statistic use the same weights.
+_LUMA = (0.299, 0.587, 0.114)
 
 
 class ImageDecodeError(LineguardError):
@@ -32,16 +37,61 @@ class ImageDecodeError(LineguardError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
+ColorMode = Literal["rgb", "grey"]
+TilePool = Literal["max", "lse", "mean"]
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """Tiled classification: the model scores ``size`` tiles cut every ``stride`` pixels from the resized
+    image and pools the tile scores into one decision (``lse``: a smooth maximum -- one defective tile makes
+    a defective image). The tiling runs inside the exported model, so the edge runs it in one ONNX call."""
+
+    size: tuple[int, int]  # (height, width) of one tile
+    stride: tuple[int, int]
+    pool: TilePool = "lse"
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or len(self.stride) != 2 or min(self.size) < 8 or min(self.stride) < 1:
+            raise LineguardError(f"preprocess tiles need size (h, w) >= 8 px and stride >= 1, got {self}")
+        if self.pool not in ("max", "lse", "mean"):
+            raise LineguardError(f"preprocess tiles pool must be max, lse or mean, got {self.pool!r}")
+
+    def grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """Tiles along (height, width) for a model input of ``image_size``."""
+        (h, w), (th, tw), (sh, sw) = image_size, self.size, self.stride
+        if th > h or tw > w or (h - th) % sh or (w - tw) % sw:
+            raise LineguardError(f"tiles of {th}x{tw} every {sh}x{sw} px do not tile a {h}x{w} input exactly")
+        return (h - th) // sh + 1, (w - tw) // sw + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": list(self.size), "stride": list(self.stride), "pool": self.pool}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TileSpec:
+        try:
+            return cls(size=(int(data["size"][0]), int(data["size"][1])),
+                       stride=(int(data["stride"][0]), int(data["stride"][1])), pool=data.get("pool", "lse"))
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            raise LineguardError(f"preprocess tiles block is invalid: {exc!r}") from None
+
+
 @dataclass(frozen=True)
 class PreprocessParams:
-    """How a decoded RGB uint8 image becomes a float32 CHW tensor; stored in bundle.json."""
+    """How a decoded RGB uint8 image becomes a float32 CHW tensor; stored in bundle.json.
+
+    ``color="grey"`` turns the image into one luma channel (BT.601, the weights of
+    :func:`image_stats`) after resizing; ``mean`` and ``std`` then hold one value each.
+    ``tiles`` (optional) says that the model classifies tiles of the resized image.
+    """
 
     size: tuple[int, int] = (128, 128)  # (height, width)
     resize: ResizeMode = "letterbox"
-    color: Literal["rgb"] = "rgb"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    color: ColorMode = "rgb"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     pad_value: int = 0
+    tiles: TileSpec | None = None
     _scale: np.ndarray = field(init=False, repr=False, compare=False)
     _shift: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -50,20 +100,46 @@ class PreprocessParams:
             raise LineguardError(f"preprocess size must be (height, width) of at least 8 px, got {self.size}")
         if self.resize not in ("letterbox", "stretch", "center_crop"):
             raise LineguardError(f"preprocess resize must be letterbox, stretch or center_crop, got {self.resize!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise LineguardError("preprocess mean and std must each have 3 values, std > 0")
+        if self.color not in ("rgb", "grey"):
+            raise LineguardError(f"preprocess color must be rgb or grey, got {self.color!r}")
+        c = self.channels
+        if len(self.mean) != c or len(self.std) != c or min(self.std) <= 0:
+            raise LineguardError(f"preprocess mean and std must each have {c} value(s) for color "
+                                 f"{self.color}, std > 0; got mean {list(self.mean)}, std {list(self.std)}")
+        if not np.all(np.isfinite([*self.mean, *self.std])):
+            raise LineguardError("preprocess mean and std must be finite numbers")
+        if self.tiles is not None:
+            self.tiles.grid(self.size)
         # (x/255 - mean)/std == x*scale + shift, precomputed once for the hot path.
         std = np.asarray(self.std, np.float32)
-        object.__setattr__(self, "_scale", (1.0 / (255.0 * std)).reshape(3, 1, 1).astype(np.float32))
-        object.__setattr__(self, "_shift", (-np.asarray(self.mean, np.float32) / std).reshape(3, 1, 1))
+        object.__setattr__(self, "_scale", (1.0 / (255.0 * std)).reshape(c, 1, 1).astype(np.float32))
+        object.__setattr__(self, "_shift", (-np.asarray(self.mean, np.float32) / std).reshape(c, 1, 1))
+
+    @property
+    def channels(self) -> int:
+        """Channels of the model input: 3 for rgb, 1 for grey."""
+        return 1 if self.color == "grey" else 3
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one model input."""
+        return (self.channels, *self.size)
+
+    @property
+    def scale(self) -> np.ndarray:
+        """Per-channel multiplier of :func:`normalise` (``1 / (255 * std)``), shape (C, 1, 1)."""
+        return self._scale
+
+    @property
+    def shift(self) -> np.ndarray:
+        """Per-channel offset of :func:`normalise` (``-mean / std``), shape (C, 1, 1)."""
+        return self._shift
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("_scale", None)
-        d.pop("_shift", None)
-        d["size"] = list(self.size)
-        d["mean"] = list(self.mean)
-        d["std"] = list(self.std)
+        d: dict[str, Any] = {"size": list(self.size), "resize": self.resize, "color": self.color,
+                             "mean": list(self.mean), "std": list(self.std), "pad_value": self.pad_value}
+        if self.tiles is not None:
+            d["tiles"] = self.tiles.to_dict()
         return d
 
     @classmethod
@@ -74,16 +150,39 @@ class PreprocessParams:
         if missing:
             raise LineguardError(f"preprocess block is missing {', '.join(missing)}")
         try:
+            tiles = data.get("tiles")
             return cls(
                 size=(int(data["size"][0]), int(data["size"][1])),
                 resize=data["resize"],
                 color=data.get("color", "rgb"),
-                mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
-                std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+                mean=tuple(float(v) for v in data["mean"]),
+                std=tuple(float(v) for v in data["std"]),
                 pad_value=int(data.get("pad_value", 0)),
+                tiles=TileSpec.from_dict(tiles) if tiles is not None else None,
             )
         except (TypeError, ValueError, IndexError) as exc:
             raise LineguardError(f"preprocess block is invalid: {exc}") from None
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def params_from_config(config: PreprocessConfig) -> PreprocessParams:
+    """The :class:`PreprocessParams` of a ``preprocess`` config section: the one place config becomes the contract.
+
+    Unset ``mean``/``std`` are ImageNet's (rgb) or their averages (grey), so pretrained
+    weights see the statistics they were trained on.
+    """
+    grey = config.color == "grey"
+    mean = config.mean or ((sum(IMAGENET_MEAN) / 3,) if grey else IMAGENET_MEAN)
+    std = config.std or ((sum(IMAGENET_STD) / 3,) if grey else IMAGENET_STD)
+    tiles = None
+    if config.tile is not None:
+        tiles = TileSpec(size=tuple(config.tile), stride=tuple(config.tile_stride or config.tile),  # type: ignore[arg-type]
+                         pool=config.tile_pool)
+    return PreprocessParams(size=tuple(config.size), resize=config.resize, color=config.color,  # type: ignore[arg-type]
+                            mean=tuple(mean), std=tuple(std), pad_value=config.pad_value, tiles=tiles)
 
 
 def _to_uint8_rgb(img: Image.Image) -> Image.Image:
@@ -166,8 +265,26 @@ def resize(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
     return canvas
 
 
+def to_model_channels(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
+    """HxWx3 uint8 RGB -> HxWxC uint8 in the model's colour (``grey``: one BT.601 luma channel)."""
+    if params.color == "rgb":
+        return image
+    luma = image.astype(np.float32) @ np.array(_LUMA, np.float32)
+    return np.clip(luma + 0.5, 0, 255).astype(np.uint8)[:, :, None]
+
+
+def model_pixels(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
+    """Decoded HxWx3 uint8 RGB -> the model's uint8 pixels, HxWxC at ``params.size`` (what training caches)."""
+    return to_model_channels(resize(image, params), params)
+
+
 def normalise(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
-    """HxWx3 uint8 (already at ``params.size``) -> 3xHxW float32, mean/std normalised."""
+    """HxWxC uint8 (already at ``params.size`` and in the model's colour) -> CxHxW float32, normalised.
+
+    An HxWx3 RGB image given to a grey model is converted first.
+    """
+    if image.ndim == 3 and image.shape[2] != params.channels:
+        image = to_model_channels(image, params)
     chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
     chw *= params._scale
     chw += params._shift
@@ -175,16 +292,15 @@ def normalise(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
 
 
 def preprocess(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
-    """Decoded HxWx3 uint8 RGB image -> 3xHxW float32 model input."""
+    """Decoded HxWx3 uint8 RGB image -> CxHxW float32 model input."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise LineguardError(f"preprocess expects an HxWx3 uint8 RGB image, got {image.shape} {image.dtype}")
-    return normalise(resize(image, params), params)
+    return normalise(model_pixels(image, params), params)
 
 
 def preprocess_batch(images: Sequence[np.ndarray], params: PreprocessParams) -> np.ndarray:
-    """A list of decoded images -> Nx3xHxW float32."""
-    h, w = params.size
-    out = np.empty((len(images), 3, h, w), dtype=np.float32)
+    """A list of decoded images -> NxCxHxW float32."""
+    out = np.empty((len(images), *params.input_shape), dtype=np.float32)
     for i, image in enumerate(images):
         out[i] = preprocess(image, params)
     return out
@@ -197,7 +313,7 @@ def image_stats(image: np.ndarray) -> dict[str, float]:
     statistics and the edge's per-frame record, so the two are comparable.
     """
     f = image.astype(np.float32)
-    grey = f @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = f @ np.array(_LUMA, np.float32)
     # Sharpness: mean absolute Laplacian (a dirty lens or blur lowers it).
     lap = (
         -4 * grey[1:-1, 1:-1] + grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:]

@@ -415,9 +415,7 @@ def load_model_from_run(config: LineguardConfig, run_id: str) -> tuple[torch.nn.
 
     meta = json.loads(read_artifact(config, run_id, MODEL_META_ARTIFACT).decode("utf-8"))
     state = load(read_artifact(config, run_id, WEIGHTS_ARTIFACT))
-    model = models.create_model(meta["model"], num_classes=len(meta["classes"]), width=float(meta.get("width", 1.0)))
-    if meta.get("head_recipes"):
-        models.set_grouped_head(model, meta["head_recipes"])
+    model = models.create_from_meta(meta)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise TrackingError(

@@ -16,6 +16,7 @@ MLflow run (:mod:`lineguard.tracking`) holding all it needs to be reproduced:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from lineguard.config import LineguardConfig
     from lineguard.manifest import Dataset
     from lineguard.preprocess import PreprocessParams
+    from lineguard.profile import Recipe
     from lineguard.tracking import Run
 
 
@@ -82,7 +84,7 @@ class TrainResult:
 
 @dataclass
 class SplitTensors:
-    """One split decoded and resized once: uint8 ``(N, 3, H, W)`` images, int64 labels, recipes."""
+    """One split decoded and resized once: uint8 ``(N, C, H, W)`` images, int64 labels, recipes."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -125,10 +127,9 @@ def model_meta(
 
 def preprocess_params(config: LineguardConfig) -> PreprocessParams:
     """The :class:`PreprocessParams` of ``config.preprocess``."""
-    from lineguard.preprocess import PreprocessParams
+    from lineguard.preprocess import params_from_config
 
-    p = config.preprocess
-    return PreprocessParams(size=p.size, resize=p.resize, mean=p.mean, std=p.std, pad_value=p.pad_value)
+    return params_from_config(config.preprocess)
 
 
 def seed_everything(seed: int, threads: int = 0, deterministic: bool = True) -> None:
@@ -179,23 +180,22 @@ def load_split(
 
 
 def _decode_rows(dataset: Dataset, rows: Any, params: PreprocessParams, progress: bool, what: str) -> np.ndarray:
-    """The images of ``rows`` decoded and resized to the model input: uint8 ``(N, 3, H, W)``, in order.
+    """The images of ``rows`` decoded and resized to the model input: uint8 ``(N, C, H, W)``, in order.
 
     A few threads decode at once (Pillow releases the GIL while decoding and resizing).
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from lineguard.preprocess import ImageDecodeError, resize
+    from lineguard.preprocess import ImageDecodeError, model_pixels
 
     def load(path: str) -> np.ndarray:
         try:
-            return resize(dataset.read_image(path), params)
+            return model_pixels(dataset.read_image(path), params)
         except ImageDecodeError as exc:
             raise TrainError(f"dataset '{dataset.root}': image '{path}' cannot be decoded ({exc})") from None
 
     paths = list(rows["path"])
-    h, w = params.size
-    images = np.empty((len(paths), 3, h, w), dtype=np.uint8)
+    images = np.empty((len(paths), *params.input_shape), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         decoded: Any = pool.map(load, paths)
         if progress and paths:
@@ -266,9 +266,12 @@ def _with_init_architecture(config: LineguardConfig, init: _Init) -> LineguardCo
         return config
     pp = init.meta["preprocess"]
     train_cfg = config.train.model_copy(update={"model": init.meta["model"], "width": float(init.meta["width"])})
+    tiles = pp.get("tiles")
     pre_cfg = config.preprocess.model_copy(update={
-        "size": tuple(pp["size"]), "resize": pp["resize"], "mean": tuple(pp["mean"]), "std": tuple(pp["std"]),
-        "pad_value": int(pp.get("pad_value", 0)),
+        "size": tuple(pp["size"]), "resize": pp["resize"], "color": pp.get("color", "rgb"), "mean": tuple(pp["mean"]),
+        "std": tuple(pp["std"]), "pad_value": int(pp.get("pad_value", 0)),
+        "tile": tuple(tiles["size"]) if tiles else None, "tile_stride": tuple(tiles["stride"]) if tiles else None,
+        "tile_pool": tiles["pool"] if tiles else "lse",
     })
     return config.model_copy(update={"train": train_cfg, "preprocess": pre_cfg})
 
@@ -282,7 +285,7 @@ def _head_recipes(config: LineguardConfig, init: _Init | None, split: SplitTenso
     """
     tc = config.train
     recipes = sorted(set(split.recipes))
-    if not tc.recipe_head:
+    if not tc.recipe_head or config.preprocess.tile is not None:  # tile scores are pooled per class
         return []
     if init is not None and init.meta.get("head_recipes"):
         old = list(init.meta["head_recipes"])
@@ -477,8 +480,11 @@ def train(
     console = console or Console()
     t_start = time.perf_counter()
     init = _resolve_init(config, config.train.init_from) if config.train.init_from else None
+    recipe = None
     if init is not None:
         config = _with_init_architecture(config, init)
+    elif config.train.recipe == "auto":
+        config, recipe = auto_recipe(config, dataset, console)
     tc = config.train
     if tc.model not in models.MODELS:
         raise TrainError(f"unknown model '{tc.model}' (train.model); valid models: {', '.join(models.MODELS)}")
@@ -498,7 +504,10 @@ def train(
     train_split = _concat(train_split, rehearsal)
     val_split, test_split = data.splits["val"], data.splits["test"]
 
-    model = models.create_model(tc.model, num_classes=len(classes), width=tc.width, weights=tc.weights)
+    model = models.create_model(tc.model, num_classes=len(classes), width=tc.width, weights=tc.weights,
+                                in_chans=params.channels)
+    if params.tiles is not None:
+        models.set_tiling(model, params.tiles)
     recipes = _head_recipes(config, init, train_split, classes)
     if recipes:
         models.set_grouped_head(model, recipes)
@@ -516,9 +525,11 @@ def train(
         "rehearsal_dataset_url": str(rehearsal_ds.root) if rehearsal_ds else "",
         **(tags or {}),
     }
+    loop = functools.partial(fit, config=config, model=model, data=data, train_split=train_split, device=device,
+                             teacher=teacher, teacher_params=teacher_params, fine_tuning=fine_tuning,
+                             console=console, progress=progress, t_start=t_start, on_epoch=on_epoch)
     if not track:
-        return _fit(config, dataset, model, teacher, teacher_params, train_split, val_split, test_split, classes,
-                    params, device, fine_tuning, None, console, progress, t_start, on_epoch=on_epoch)
+        return loop()
     from lineguard import tracking
 
     with tracking.start_run(config, name=run_name, tags=run_tags, parent_run_id=parent_run_id) as run:
@@ -528,12 +539,30 @@ def train(
                         "test_images": len(test_split), "device": str(device)})
         run.log_dataset(dataset)
         run.log_environment()
-        result = _fit(config, dataset, model, teacher, teacher_params, train_split, val_split, test_split, classes,
-                      params, device, fine_tuning, run, console, progress, t_start, on_epoch=on_epoch)
+        if recipe is not None:
+            run.log_dict(recipe.to_dict(), "recipe.json")
+            run.log_params({f"auto.{c.key}": str(c.value) for c in recipe.choices if not c.overridden})
+        result = loop(run=run)
+        if result.config is not config:  # the budget planned the schedule: what reproduce re-runs
+            run.log_text(result.config.to_yaml(), tracking.CONFIG_ARTIFACT)
+            run.log_params({"planned_epochs": result.config.train.epochs})
         _log_outcome(run, result, val_split, model, params, device)
         result.run_id = run.run_id
     console.print(f"run [bold]{result.run_id}[/] recorded in {config.tracking_uri()}")
     return result
+
+
+def auto_recipe(config: LineguardConfig, dataset: Dataset, console: Console) -> tuple[LineguardConfig, Recipe]:
+    """Profile ``dataset`` and derive the training recipe (``train.recipe: auto``); prints each choice and why."""
+    from lineguard.profile import derive_recipe, profile_dataset
+
+    profile = profile_dataset(dataset, seed=config.train.seed)
+    config, recipe = derive_recipe(profile, config)
+    console.print(f"[bold]recipe: auto[/] ({profile.train_images} train images, classes {profile.class_counts}, "
+                  f"{len(profile.recipes)} recipe(s)); set any key to override:", highlight=False)
+    for line in recipe.lines():
+        console.print(f"  {line}", highlight=False, markup=False)
+    return config, recipe
 
 
 def _load_teacher(
@@ -549,10 +578,14 @@ def _load_teacher(
     teacher, meta = tracking.load_model_from_run(config, run_id)
     if list(meta["classes"]) != list(classes):
         raise TrainError(f"teacher run {run_id} has classes {meta['classes']}, the dataset has {list(classes)}")
+    teacher_params = PreprocessParams.from_dict(meta["preprocess"])
+    if teacher_params.channels != preprocess_params(config).channels:
+        raise TrainError(f"teacher run {run_id} takes {teacher_params.color} input, the student "
+                         f"{config.preprocess.color}; distil between models of the same colour")
     teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    return teacher, PreprocessParams.from_dict(meta["preprocess"])
+    return teacher, teacher_params
 
 
 def _recipe_head_loss(sub: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, groups: torch.Tensor,
@@ -616,21 +649,57 @@ def _set_backbone_trainable(model: torch.nn.Module, trainable: bool) -> None:
         p.requires_grad_(trainable)
 
 
-def _fit(
-    config: LineguardConfig, dataset: Dataset, model: torch.nn.Module, teacher: torch.nn.Module | None,
-    teacher_params: PreprocessParams | None, train_split: SplitTensors, val_split: SplitTensors,
-    test_split: SplitTensors, classes: list[str], params: PreprocessParams, device: torch.device,
-    fine_tuning: bool, run: Run | None, console: Console, progress: bool, t_start: float,
+def plan_epochs(budget_s: float, elapsed_s: float, epoch_s: float, max_epochs: int) -> int:
+    """Epochs a run can afford: the first one (already run, ``epoch_s`` long) plus as many more as fit in
+    what is left of ``budget_s`` after ``elapsed_s``, keeping 5 % of the budget for the final evaluation."""
+    left = budget_s * 0.95 - elapsed_s
+    more = int(left // epoch_s) if epoch_s > 0 else max_epochs
+    return max(1, min(max_epochs, 1 + max(0, more)))
+
+
+def fit(
+    *,
+    config: LineguardConfig,
+    model: torch.nn.Module,
+    data: PreparedData,
+    train_split: SplitTensors | None = None,
+    device: torch.device | None = None,
+    teacher: torch.nn.Module | None = None,
+    teacher_params: PreprocessParams | None = None,
+    fine_tuning: bool = False,
+    run: Run | None = None,
+    console: Console | None = None,
+    progress: bool = False,
+    t_start: float | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> TrainResult:
+    """The training loop: train an already built ``model`` on ``data`` under ``config.train`` and return the
+    weights of its best validation epoch.
+
+    :func:`train` builds the model from the config and calls this; compression calls it directly
+    with a model the config cannot describe (a pruned one). ``train_split`` replaces
+    ``data.splits["train"]`` (rehearsal, repeats). With ``train.budget_s`` (and no explicit
+    ``train.epochs``) the first epoch is timed on ``clock`` and the epoch count and cosine schedule
+    are planned from it (:func:`plan_epochs`); the run also stops when the budget, counted from
+    ``t_start``, is spent. ``on_epoch(epoch, metrics)`` runs after every epoch; an exception it raises
+    (e.g. Optuna's ``TrialPruned``) stops training and propagates. Logs to ``run`` when given.
+    """
     import torch
     import torch.nn.functional as F
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from lineguard import models
     from lineguard.augment import augment_batch, normalise_batch
 
     tc = config.train
+    console = console or Console(quiet=True)
+    t_start = clock() if t_start is None else t_start
+    device = device or resolve_device(tc.device)
+    classes, params = data.classes, data.params
+    train_split = train_split if train_split is not None else data.splits["train"]
+    val_split, test_split = data.splits["val"], data.splits["test"]
     num_classes = len(classes)
     gen = torch.Generator().manual_seed(tc.seed)
     aug_gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
@@ -651,9 +720,12 @@ def _fit(
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=tc.weight_decay)
     steps_per_epoch = max(1, math.ceil(_epoch_length(train_split.labels, tc.balance) / tc.batch_size))
-    total_steps = steps_per_epoch * tc.epochs
+    budget_s = tc.budget_s if tc.budget_s is not None and "epochs" not in tc.model_fields_set else None
+    planned = tc.max_epochs if budget_s is not None else tc.epochs  # a budget re-plans after the first epoch
+    total_steps = steps_per_epoch * planned
     warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
     freeze = tc.freeze_epochs if fine_tuning else 0
+    patience = tc.patience
 
     fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model.to(memory_format=fmt)  # type: ignore[call-overload]  # oneDNN fast layout on CPU
@@ -664,12 +736,16 @@ def _fit(
     best: dict[str, Any] = {"bal": -1.0, "loss": math.inf, "epoch": 0, "state": None}
     stale, step = 0, 0
     deadline = t_start + tc.max_minutes * 60 if tc.max_minutes else None
+    if budget_s is not None:
+        deadline = min(deadline or math.inf, t_start + budget_s)
     bar = Progress(TextColumn("[bold]training[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), console=console, transient=True, disable=not progress)
     with bar:
-        task = bar.add_task(tc.model, total=tc.epochs)
-        for epoch in range(1, tc.epochs + 1):
-            t_epoch = time.perf_counter()
+        task = bar.add_task(tc.model, total=planned)
+        epoch = 0
+        while epoch < planned:
+            epoch += 1
+            t_epoch = clock()
             _set_backbone_trainable(model, epoch > freeze)
             model.train()
             order = _epoch_indices(train_split.labels, tc.balance, gen)
@@ -716,8 +792,15 @@ def _fit(
                    "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                    "val_balanced_accuracy": val["balanced_accuracy"], "lr": tc.lr * _lr_factor(step - 1, warmup_steps,
                                                                                                 total_steps),
-                   "epoch_seconds": time.perf_counter() - t_epoch}
+                   "epoch_seconds": clock() - t_epoch}
             history.append(row)
+            if budget_s is not None and epoch == 1:
+                planned = plan_epochs(budget_s, clock() - t_start, row["epoch_seconds"], tc.max_epochs)
+                total_steps = steps_per_epoch * planned
+                patience = max(tc.patience, planned // 6)
+                bar.update(task, total=planned)
+                console.print(f"budget {budget_s:.0f} s: {planned} epochs planned ({row['epoch_seconds']:.1f} s per "
+                              f"epoch measured, {clock() - t_start:.0f} s spent so far)", highlight=False)
             if run is not None:
                 run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             if on_epoch is not None:
@@ -727,18 +810,17 @@ def _fit(
             if better:
                 best.update(bal=val["balanced_accuracy"], loss=val["loss"], epoch=epoch,
                             state={k: v.detach().clone() for k, v in judged.state_dict().items()})
-            stale = 0 if val["balanced_accuracy"] > max((h["val_balanced_accuracy"] for h in history[:-1]),
-                                                        default=-1.0) else stale + 1
+            stale = 0 if better else stale + 1
             bar.update(task, advance=1)
             if progress:
                 console.print(
-                    f"epoch {epoch:3d}/{tc.epochs}  train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
+                    f"epoch {epoch:3d}/{planned}  train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
                     f"val bal.acc {val['balanced_accuracy']:.4f}{'  *' if better else ''}", highlight=False)
-            if stale >= tc.patience:
-                console.print(f"early stop: no val balanced-accuracy gain in {tc.patience} epochs")
+            if stale >= patience:
+                console.print(f"early stop: no val balanced-accuracy gain in {patience} epochs")
                 break
-            if deadline is not None and time.perf_counter() > deadline:
-                console.print(f"stopping: train.max_minutes={tc.max_minutes} reached")
+            if deadline is not None and clock() > deadline:
+                console.print(f"stopping: the time budget ({deadline - t_start:.0f} s) is spent")
                 break
 
     if best["state"] is not None:
@@ -755,10 +837,13 @@ def _fit(
         console.print(
             f"[bold red]WARNING: validation balanced accuracy is {val_metrics['balanced_accuracy']:.3f}: the model "
             f"predicts (almost) only one class. Check the labels and balance, train longer or lower train.lr.[/]")
+    if budget_s is not None:
+        # The resolved config: the planned schedule, so that reproduce re-runs it without timing anything.
+        config = config.model_copy(update={"train": tc.model_copy(update={"epochs": planned, "budget_s": None})})
     return TrainResult(
         run_id=None, best_epoch=int(best["epoch"]), val_metrics=val_metrics, test_metrics=test_metrics,
         model=model.cpu(), classes=classes, preprocess=params, history=history, config=config,
-        dataset_version=dataset.version, seconds=time.perf_counter() - t_start, warnings=warnings,
+        dataset_version=data.dataset_version, seconds=clock() - t_start, warnings=warnings,
     )
 
 

@@ -323,7 +323,7 @@ def _check_model_io(session: Any, bundle: Bundle) -> None:
     h, w = bundle.preprocess.size
     if len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]):
         _require(
-            list(shape[1:]) == [3, h, w],
+            list(shape[1:]) == [bundle.preprocess.channels, h, w],
             src,
             f"model input is {shape[1:]} but the preprocess block says 3x{h}x{w}",
         )

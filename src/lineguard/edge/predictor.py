@@ -340,7 +340,7 @@ def verify_bundle(bundle: Bundle | str | Path, threads: int = 1, backend: Backen
         raise BundleError(f"bundle '{b.source}': golden images are {images.shape} {images.dtype}, expected Nx{h}x{w}x3 uint8")
     atol = float(parity.get("atol", 1e-4))
     predictor = Predictor(b, threads=threads, backend=backend)
-    x = np.stack([normalise(img, b.preprocess) for img in images]) if len(images) else np.zeros((0, 3, h, w), np.float32)
+    x = np.stack([normalise(img, b.preprocess) for img in images]) if len(images) else np.zeros((0, *b.preprocess.input_shape), np.float32)
     outputs = predictor.outputs(x) if len(x) else {"logits": np.zeros((0, len(b.classes)), np.float32)}
     expected = golden["expected_logits"].astype(np.float64)
     logits = np.asarray(outputs["logits"], np.float64)

@@ -139,11 +139,10 @@ def load_scorer(source: str, config: LineguardConfig) -> tuple[Scorer, dict[str,
     model, meta = tracking.load_model_from_run(config, run_id)
     classes = tuple(str(c) for c in meta.get("classes", ("good", "bad")))
     positive = str(meta.get("positive_class", classes[-1]))
-    if "preprocess" in meta:
-        params = PreprocessParams.from_dict(meta["preprocess"])
-    else:
-        p = config.preprocess
-        params = PreprocessParams(size=p.size, resize=p.resize, mean=p.mean, std=p.std, pad_value=p.pad_value)
+    if "preprocess" not in meta:
+        raise LineguardError(f"run {run_id} recorded no preprocessing in its model meta; it cannot be scored "
+                             f"without guessing -- re-train it")
+    params = PreprocessParams.from_dict(meta["preprocess"])
     name = f"run {run_id[:8]}" + (f" ({source})" if source != run_id else "")
     return TorchScorer(name, model, classes, positive, params), {"kind": "run", "run_id": run_id, "name": name}
 

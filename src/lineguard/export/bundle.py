@@ -229,7 +229,7 @@ def write_bundle(
             "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "model": {
                 "file": MODEL_FILE, "sha256": files[MODEL_FILE], "format": "onnx", "opset": opset,
-                "precision": precision, "inputs": {INPUT_NAME: [None, 3, *preprocess.size]}, "outputs": outputs,
+                "precision": precision, "inputs": {INPUT_NAME: [None, *preprocess.input_shape]}, "outputs": outputs,
             },
             "classes": list(classes),
             "positive_class": positive_class,

@@ -40,11 +40,10 @@ def _export_wrapper(model: torch.nn.Module) -> torch.nn.Module:
             self.inner = inner
 
         def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            embedding = self.inner.forward_features(image)  # type: ignore[operator]
-            return self.inner.classifier(embedding), embedding  # type: ignore[operator]
+            return self.inner.forward_with_embedding(image)  # type: ignore[operator,no-any-return]
 
-    if not (hasattr(model, "forward_features") and hasattr(model, "classifier")):
-        raise ExportError(f"{type(model).__name__} has no forward_features/classifier; use a model from lineguard.models")
+    if not hasattr(model, "forward_with_embedding"):
+        raise ExportError(f"{type(model).__name__} has no forward_with_embedding; use a model from lineguard.models")
     return _WithEmbedding(model).eval()
 
 
@@ -142,7 +141,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = preprocess_params.size
     wrapped = _export_wrapper(model).cpu()
-    example = torch.zeros(2, 3, h, w)
+    example = torch.zeros(2, preprocess_params.channels, h, w)
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
         with _quiet():
@@ -173,7 +172,7 @@ def export_onnx(
     return OnnxExport(
         path=path,
         opset=opset,
-        inputs={INPUT_NAME: [None, 3, h, w]},
+        inputs={INPUT_NAME: [None, preprocess_params.channels, h, w]},
         outputs={"logits": [None, int(n_cls)], "embedding": [None, int(n_emb)]},
         parity=report,
         expected=expected,

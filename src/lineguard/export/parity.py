@@ -41,7 +41,7 @@ class GoldenBatch:
     def inputs(self, params: PreprocessParams) -> np.ndarray:
         """The float32 model input (normalise only: the images are already resized)."""
         return np.stack([normalise(img, params) for img in self.images]) if len(self.images) else np.zeros(
-            (0, 3, *params.size), np.float32
+            (0, *params.input_shape), np.float32
         )
 
 
