@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 TILE_SIDE = 128  # pixels of one tile: enough context for a crack or a spot, cheap to score in a batch
 MAX_TILES = 16  # tiles per image: what two CPU cores can train on in a few minutes
 GREY_TOLERANCE = 3.0  # mean |channel - luma| (0-255) under which an image counts as grey
-SYMMETRY_TOLERANCE = 0.04  # mean |M - g(M)| of the mean image, 0-1 scale, under which g is a symmetry
+SYMMETRY_TOLERANCE = 0.02  # mean |M - g(M)| of the mean image (0-1 scale) under which g counts as a symmetry
 
 
 @dataclass(frozen=True)
