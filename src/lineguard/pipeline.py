@@ -112,7 +112,7 @@ def run(
 
     say("6/9 evaluate on the balanced test set, per recipe, with cost-based thresholds")
     evaluation = evaluate(run_id, dataset, config, progress=True)
-    result.figures["evaluate"] = {"overall": evaluation.metrics.get("overall"), "temperature": evaluation.temperature}
+    result.figures["evaluate"] = {"overall": evaluation.metrics.get("overall"), "temperature": evaluation.decision.temperature}
     step("evaluate")
 
     say("7/9 register, gate against the champion, promote")

@@ -361,15 +361,16 @@ def choose_threshold(
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The decision thresholds: a default and optional per-recipe overrides."""
+    """Thresholds chosen on data: a default and per-recipe overrides, with notes on the choice.
+
+    A fitting result, not a decision rule: :func:`lineguard.evaluate.fit_decision` turns
+    it, with the temperature and the cost, into the :class:`~lineguard.edge.decision.Decision`
+    that applies it (the one place where "the recipe's threshold, else the default" lives).
+    """
 
     default: float
     per_recipe: dict[str, float]
     notes: tuple[str, ...] = ()
-
-    def for_recipes(self, recipes: Any) -> np.ndarray:
-        """One threshold per item (its recipe's, else the default)."""
-        return np.array([self.per_recipe.get(str(r), self.default) for r in recipes], dtype=np.float64)
 
 
 def choose_thresholds(
