@@ -873,17 +873,6 @@ def bench(
 # === demo ====================================================================================
 
 
-# The demo keeps to its 5-minute budget: the distilled student (a second full training run) is left to
-# `lineguard compress`, and when no candidate fits the latency budget the fp32 bundle ships with the reason.
-DEMO = ["compress.distill=false", "compress.on_no_fit=fp32"]
-QUICK_DEMO = [
-    "synth.recipes=2", "synth.per_class=24", "synth.size=64", "preprocess.size=[64,64]",
-    "train.epochs=8", "train.batch_size=16", "evaluate.bootstrap=100", "compress.repeats=50", "compress.warmup=5",
-    "compress.prune_ratios=[0.5]", "compress.finetune_epochs=1", "compress.threads=[1]", "compress.rounds=1",
-    "compress.openvino=false", "export.golden_size=16", "export.reference_images=64",
-]
-
-
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes data, runs and bundles.")] = Path("lineguard-work"),
@@ -901,10 +890,9 @@ def demo(
     """
     from rich.table import Table
 
-    from lineguard.pipeline import run
+    from lineguard.pipeline import demo_config, run
 
-    overrides = [*DEMO, *(QUICK_DEMO if quick else []), f"workdir={workdir}", *(set_ or [])]
-    cfg = resolve_config(config, overrides)
+    cfg = demo_config(config, set_ or [], quick=quick, workdir=workdir)
     result = run(cfg, compress=compress, say=lambda m: console.print(f"[bold cyan]{m}[/]"))
     table = Table(title="LineGuard demo: what the lifecycle produced")
     table.add_column("step")

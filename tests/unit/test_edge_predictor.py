@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from lineguard import LineguardError
 from lineguard.cli import app
 from lineguard.edge import ImageFileError, Prediction, Predictor, load_bundle
-from lineguard.edge.bench import latency_summary
+from lineguard.edge.latency import latency_summary
 from lineguard.edge.predictor import scores_from_logits
 from tests.unit._edge_bundles import expected_score, grey, make_toy_bundle
 

@@ -596,28 +596,6 @@ def per_slice(
     return {str(k): summarise(y[g == k], s[g == k], t[g == k], **kwargs) for k in sorted({str(v) for v in g})}
 
 
-# --- paired comparison -------------------------------------------------------------------------
-
-
-def mcnemar_midp(wrong_a_only: int, wrong_b_only: int) -> float:
-    """One-sided mid-p McNemar test that A makes more errors than B on the same items.
-
-    ``wrong_a_only``: items A got wrong and B right; ``wrong_b_only``: the reverse. Under
-    the null hypothesis each discordant item is a fair coin. Returns the mid-p value of
-    seeing at least ``wrong_a_only`` of them against A (1.0 with no discordant items).
-    """
-    n = wrong_a_only + wrong_b_only
-    if n == 0:
-        return 1.0
-    k = wrong_a_only
-    log_pmf = [
-        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(n + 1)
-    ]
-    pmf = np.exp(np.asarray(log_pmf))
-    upper = float(pmf[k + 1 :].sum())
-    return float(min(1.0, upper + 0.5 * pmf[k]))
-
-
 def describe_test_set(
     labels: Any, recipes: Any, min_per_recipe: int
 ) -> tuple[dict[str, dict[str, int]], list[str]]:
