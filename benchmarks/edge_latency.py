@@ -35,6 +35,7 @@ def _random_bundle(name: str, out: Path) -> Path:
     """Export ``name`` with random weights at the configured input size into a bundle."""
     from lineguard import export as ex
     from lineguard.config import load_config
+    from lineguard.edge import Decision
     from lineguard.models import create_model
     from lineguard.preprocess import PreprocessParams
 
@@ -45,7 +46,7 @@ def _random_bundle(name: str, out: Path) -> Path:
     result = ex.export_onnx(model, params, out.with_suffix(".onnx"), golden=golden)
     return ex.write_bundle(out, result.path, classes=["good", "bad"], positive_class="bad", preprocess=params,
                            golden=golden, expected=result.expected, parity=result.parity,
-                           decision={"default_threshold": 0.5}, precision="fp32", opset=18, name=name,
+                           decision=Decision(0.5), precision="fp32", opset=18, name=name,
                            version="random-weights")
 
 

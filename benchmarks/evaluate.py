@@ -76,7 +76,7 @@ def main() -> None:
             f"{ci[1] and 100 * ci[1]:.2f}) | ≥ 99.5 % |",
             *[f"| balanced accuracy, {r} | {'–' if v is None else f'{100 * v:.2f} %'} | ≥ 99 % |"
               for r, v in per.items()],
-            f"| ECE after temperature scaling (T = {result.temperature:.2f}) | {ece:.4f} "
+            f"| ECE after temperature scaling (T = {result.decision.temperature:.2f}) | {ece:.4f} "
             f"(before: {result.metrics['uncalibrated']['ece']:.4f}) | ≤ 0.02 |",
             "", f"Q1 {'met' if ok else 'NOT met'}.",
         ]

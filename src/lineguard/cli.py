@@ -492,12 +492,13 @@ def _print_evaluation(result: object) -> None:
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{100 * v:.2f} %"
 
-    table = Table(title=f"{result.source}: test split, thresholds and temperature fitted on val")
+    where = "shipped by the bundle" if result.decision_source == "bundle" else "fitted on val"
+    table = Table(title=f"{result.source}: test split, thresholds and temperature {where}")
     for col in ("slice", "images", "balanced acc.", "false rejects", "escapes", "ECE", "threshold"):
         table.add_column(col)
-    rows = [("overall", result.metrics["overall"], result.thresholds.default)]
-    rows += [(r, s, result.thresholds.per_recipe.get(r, result.thresholds.default))
-             for r, s in result.metrics["per_recipe"].items()]
+    d = result.decision
+    rows = [("overall", result.metrics["overall"], d.default_threshold)]
+    rows += [(r, s, d.threshold_for(r)) for r, s in result.metrics["per_recipe"].items()]
     for name, s, t in rows:
         table.add_row(name, str(int(s.get("n") or 0)), pct(s.get("balanced_accuracy")), pct(s.get("false_reject_rate")),
                       pct(s.get("escape_rate")), "–" if s.get("ece") is None else f"{s['ece']:.4f}", f"{t:.3f}")
@@ -506,8 +507,12 @@ def _print_evaluation(result: object) -> None:
     if ci and ci[0] is not None:
         console.print(f"balanced accuracy 95 % CI: [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}] %")
     unc = result.metrics["uncalibrated"].get("ece")
-    console.print(f"temperature {result.temperature:.3f}; ECE {unc if unc is None else round(unc, 4)} -> "
+    console.print(f"temperature {d.temperature:.3f}; ECE {unc if unc is None else round(unc, 4)} -> "
                   f"{result.ece if result.ece is None else round(result.ece, 4)}")
+    if result.refit is not None:
+        fitted = result.refit["overall"]
+        console.print(f"re-fitted on this val split instead: balanced accuracy {pct(fitted.get('balanced_accuracy'))}, "
+                      f"differences: {'; '.join(result.refit['differences']) or 'none'}", highlight=False)
     for w in result.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     if result.behaviour:
@@ -526,18 +531,22 @@ def evaluate_cmd(
     log: Annotated[bool, typer.Option("--log/--no-log", help="Record the evaluation as an MLflow run.")] = True,
     behaviour: Annotated[bool, typer.Option("--behaviour/--no-behaviour",
                                             help="Run the invariance checks (scores the test set 4 more times).")] = True,
+    refit: Annotated[bool, typer.Option(
+        "--refit", help="For a bundle: also fit thresholds on this val split and show both side by side.")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Evaluate a model on a dataset: calibration and thresholds fitted on val, metrics with CIs on test.
+    """Evaluate a model on a dataset: metrics with CIs on test under its decision settings.
 
-    Writes report.md, a self-contained report.html and evaluation.json, and prints the overall and
-    per-recipe table. Example: lineguard evaluate champion --data data/cones
+    A bundle is judged with the temperature and thresholds it ships (those decide on the line);
+    --refit also fits them on val and reports both. A run gets them fitted on val. Writes report.md,
+    a self-contained report.html and evaluation.json, and prints the overall and per-recipe table.
+    Example: lineguard evaluate champion --data data/cones
     """
     from lineguard.evaluate import evaluate
 
     cfg = resolve_config(config, set_)
-    _print_evaluation(evaluate(source, data, cfg, out=out, log=log, behaviour=behaviour, progress=True))
+    _print_evaluation(evaluate(source, data, cfg, out=out, log=log, behaviour=behaviour, progress=True, refit=refit))
 
 
 @app.command("learning-curve")
@@ -756,7 +765,7 @@ def bundle_info(
     if json_:
         console.print_json(json.dumps({**b.meta, "size_bytes": b.size_bytes}))
         return
-    m, d, pp = b.meta["model"], b.meta["decision"], b.preprocess
+    m, d, pp = b.meta["model"], b.decision, b.preprocess
     ev, lin = b.meta.get("evaluation", {}), b.meta.get("lineage", {})
     lines = [
         f"[bold]{b.name}[/] version {b.version}  (created {b.meta.get('created_at', '?')}, {b.size_bytes / 1e6:.2f} MB)",
@@ -764,10 +773,10 @@ def bundle_info(
         f"outputs {m.get('outputs')}",
         f"classes    {', '.join(b.classes)}  (positive: {b.positive_class})",
         f"recipes    {', '.join(b.recipes) or '-'}",
-        f"decision   reject when score >= threshold; default {d['default_threshold']:.4f}, "
-        f"temperature {d.get('temperature', 1.0):.3f}, cost {d.get('cost')}",
+        f"decision   reject when score >= threshold; default {d.default_threshold:.4f}, "
+        f"temperature {d.temperature:.3f}, cost {d.cost.to_dict()}",
     ]
-    lines += [f"           {r}: {t:.4f}" for r, t in sorted(b.thresholds.items())]
+    lines += [f"           {r}: {t:.4f}" for r, t in sorted(d.per_recipe.items())]
     lines.append(f"preprocess size {pp.size[0]}x{pp.size[1]} {pp.resize}, mean {pp.mean}, std {pp.std}, pad {pp.pad_value}")
     lines.append("lineage    " + ", ".join(f"{k} {v}" for k, v in lin.items() if v not in (None, "")))
     if ev:
@@ -864,17 +873,6 @@ def bench(
 # === demo ====================================================================================
 
 
-# The demo keeps to its 5-minute budget: the distilled student (a second full training run) is left to
-# `lineguard compress`, and when no candidate fits the latency budget the fp32 bundle ships with the reason.
-DEMO = ["compress.distill=false", "compress.on_no_fit=fp32", "train.budget_s=90"]
-QUICK_DEMO = [
-    "synth.recipes=2", "synth.per_class=24", "synth.size=64", "preprocess.size=[64,64]",
-    "train.epochs=8", "train.batch_size=16", "evaluate.bootstrap=100", "compress.repeats=50", "compress.warmup=5",
-    "compress.prune_ratios=[0.5]", "compress.finetune_epochs=1", "compress.threads=[1]", "compress.rounds=1",
-    "compress.openvino=false", "export.golden_size=16", "export.reference_images=64",
-]
-
-
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes data, runs and bundles.")] = Path("lineguard-work"),
@@ -892,10 +890,9 @@ def demo(
     """
     from rich.table import Table
 
-    from lineguard.pipeline import run
+    from lineguard.pipeline import demo_config, run
 
-    overrides = [*DEMO, *(QUICK_DEMO if quick else []), f"workdir={workdir}", *(set_ or [])]
-    cfg = resolve_config(config, overrides)
+    cfg = demo_config(config, set_ or [], quick=quick, workdir=workdir)
     result = run(cfg, compress=compress, say=lambda m: console.print(f"[bold cyan]{m}[/]"))
     table = Table(title="LineGuard demo: what the lifecycle produced")
     table.add_column("step")

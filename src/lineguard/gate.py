@@ -17,7 +17,8 @@ on the same golden test set and returns a :class:`GateDecision` with one
 - **no champion** (the first model): absolute limits instead, balanced accuracy overall
   and per recipe at least ``min_balanced_accuracy`` / ``min_recipe_balanced_accuracy``.
 
-Nothing here reads files or talks to MLflow; the CLI builds the summaries.
+Nothing here reads files or talks to MLflow, and nothing is imported from evaluation:
+evaluation builds the summaries (``EvaluationResult.summary``) and calls :func:`decide`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from lineguard.config import GateConfig
-from lineguard.evaluate.metrics import mcnemar_midp
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,28 @@ class GateDecision:
             "champion": self.champion,
             "checks": [asdict(c) for c in self.checks],
         }
+
+
+# --- the paired test ----------------------------------------------------------------------------
+
+
+def mcnemar_midp(wrong_a_only: int, wrong_b_only: int) -> float:
+    """One-sided mid-p McNemar test that A makes more errors than B on the same items.
+
+    ``wrong_a_only``: items A got wrong and B right; ``wrong_b_only``: the reverse. Under
+    the null hypothesis each discordant item is a fair coin. Returns the mid-p value of
+    seeing at least ``wrong_a_only`` of them against A (1.0 with no discordant items).
+    """
+    n = wrong_a_only + wrong_b_only
+    if n == 0:
+        return 1.0
+    k = wrong_a_only
+    log_pmf = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(n + 1)
+    ]
+    pmf = np.exp(np.asarray(log_pmf))
+    upper = float(pmf[k + 1 :].sum())
+    return float(min(1.0, upper + 0.5 * pmf[k]))
 
 
 def _fmt(v: float | None) -> str:

@@ -3,6 +3,9 @@
 synth (messy) -> ingest -> validate -> train -> baseline -> evaluate -> register -> gate
 -> promote -> export -> compress -> edge predict + bench. Each step is the library
 function of the same name; nothing here is hidden from the CLI or a notebook.
+
+``run(demo_config())`` is exactly ``lineguard demo`` (and ``run(demo_config(quick=True))``
+is ``lineguard demo --quick``): the demo's presets live here, not in the CLI.
 """
 
 from __future__ import annotations
@@ -14,7 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from lineguard import LineguardError
-from lineguard.config import LineguardConfig, save_config
+from lineguard.config import LineguardConfig, load_config, save_config
+
+# The demo keeps to its 5-minute budget: the distilled student (a second full training run) is left to
+# `lineguard compress`, and when no candidate fits the latency budget the fp32 bundle ships with the reason.
+DEMO_OVERRIDES: tuple[str, ...] = ("compress.distill=false", "compress.on_no_fit=fp32", "train.budget_s=90")
+# --quick: a tiny config (2 recipes, 64 px, 8 epochs) that runs in about a minute.
+QUICK_OVERRIDES: tuple[str, ...] = (
+    "synth.recipes=2", "synth.per_class=24", "synth.size=64", "preprocess.size=[64,64]",
+    "train.epochs=8", "train.batch_size=16", "evaluate.bootstrap=100", "compress.repeats=50", "compress.warmup=5",
+    "compress.prune_ratios=[0.5]", "compress.finetune_epochs=1", "compress.threads=[1]", "compress.rounds=1",
+    "compress.openvino=false", "export.golden_size=16", "export.reference_images=64",
+)
 
 
 class PipelineError(LineguardError):
@@ -37,6 +51,20 @@ class PipelineResult:
     compressed_bundle: str | None = None
     figures: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def demo_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    quick: bool = False,
+    workdir: str | Path = "lineguard-work",
+) -> LineguardConfig:
+    """The config ``lineguard demo`` runs: ``path`` (or the defaults), the demo presets
+    (:data:`DEMO_OVERRIDES`, plus :data:`QUICK_OVERRIDES` when ``quick``), ``workdir``, then
+    ``overrides`` (``section.key=value``, like ``--set``) on top of everything."""
+    presets = [*DEMO_OVERRIDES, *(QUICK_OVERRIDES if quick else ()), f"workdir={workdir}"]
+    return load_config(path, [*presets, *overrides])
 
 
 def run(
@@ -112,7 +140,7 @@ def run(
 
     say("6/9 evaluate on the balanced test set, per recipe, with cost-based thresholds")
     evaluation = evaluate(run_id, dataset, config, progress=True)
-    result.figures["evaluate"] = {"overall": evaluation.metrics.get("overall"), "temperature": evaluation.temperature}
+    result.figures["evaluate"] = {"overall": evaluation.metrics.get("overall"), "temperature": evaluation.decision.temperature}
     step("evaluate")
 
     say("7/9 register, gate against the champion, promote")

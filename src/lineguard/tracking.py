@@ -462,14 +462,28 @@ def _model_name(config: LineguardConfig, name: str | None) -> str:
     return name or config.tracking.registered_model
 
 
+def _is_absent(exc: BaseException) -> bool:
+    """True when MLflow says the model, version or alias does not exist -- and only then.
+
+    Anything else (a server that is down, a timeout, a broken store) is not "absent": it
+    must not read as "not registered yet", so callers raise it as a TrackingError.
+    """
+    code = getattr(exc, "error_code", None)
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    return code == "INVALID_PARAMETER_VALUE" and "alias" in str(exc) and "not found" in str(exc)
+
+
 def find_version(config: LineguardConfig, run_id: str, name: str | None = None) -> ModelVersionRecord | None:
     """The registered version made from ``run_id`` (the newest if several), or None."""
     cl = client(config)
     model = _model_name(config, name)
     try:
         found = cl.search_model_versions(f"name = '{model}' and run_id = '{run_id}'")
-    except Exception:
-        return None
+    except Exception as exc:
+        if _is_absent(exc):
+            return None
+        raise TrackingError(f"cannot look up run '{run_id}' in the registry: {_one_line(exc)}") from None
     if not found:
         return None
     newest = max(found, key=lambda mv: int(mv.version))
@@ -513,7 +527,9 @@ def register(
             return existing.version
         try:
             cl.get_registered_model(model)
-        except Exception:
+        except Exception as exc:
+            if not _is_absent(exc):
+                raise
             cl.create_registered_model(model, description="LineGuard inspection models (see lineguard gate/promote)")
         mv = cl.create_model_version(model, source=f"{run.artifact_uri}/model", run_id=run_id, tags=tags)
         return str(mv.version)
@@ -541,19 +557,29 @@ def set_alias(config: LineguardConfig, alias: str, version: str, name: str | Non
 def get_model_version_by_alias(
     config: LineguardConfig, alias: str, name: str | None = None
 ) -> ModelVersionRecord | None:
-    """The version an alias points at, or None when the alias (or the model) does not exist yet."""
+    """The version an alias points at, or None when the alias (or the model) does not exist yet.
+
+    A registry that cannot be reached is a :class:`TrackingError`, never None.
+    """
     model = _model_name(config, name)
     try:
         return _version_record(client(config).get_model_version_by_alias(model, alias))
     except LineguardError:
         raise
-    except Exception:
-        return None
+    except Exception as exc:
+        if _is_absent(exc):
+            return None
+        raise TrackingError(f"cannot read alias '{alias}' of model '{model}': {_one_line(exc)}") from None
 
 
 def resolve_model_uri(config: LineguardConfig, uri: str) -> str:
-    """A run id from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/...``, a bare alias
-    of the default registered model (``champion``, ``challenger``) or a run id itself."""
+    """The run id a run reference names: the one place such references are resolved.
+
+    Accepted: a run id (32 hex digits), ``runs:/RUN_ID/...``, ``models:/NAME@ALIAS``,
+    ``models:/NAME/VERSION`` and a bare alias of the default registered model
+    (``champion``, ``challenger``). Anything else, and an alias or version that does not
+    exist, is a :class:`TrackingError` naming what was expected.
+    """
     uri = uri.strip()
     if uri.startswith("runs:/"):
         return uri[len("runs:/") :].split("/")[0]
@@ -580,3 +606,34 @@ def resolve_model_uri(config: LineguardConfig, uri: str) -> str:
             f"pass a run id (lineguard runs list), models:/NAME@ALIAS or models:/NAME/VERSION"
         )
     raise TrackingError(f"'{uri}' is not a run id or model URI; expected RUN_ID, models:/NAME@ALIAS or an alias")
+
+
+def resolve_version(config: LineguardConfig, ref: str) -> ModelVersionRecord:
+    """The registered version a reference names: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
+    a bare alias of the default registered model, or a run reference whose run is registered.
+
+    :class:`TrackingError` when the alias, the version or the run's registration does not exist.
+    """
+    ref = ref.strip()
+    if ref.startswith("models:/"):
+        rest = ref[len("models:/") :]
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            mv = get_model_version_by_alias(config, alias, name)
+            if mv is None:
+                raise TrackingError(f"'{ref}': model '{name}' has no alias '{alias}'; see: lineguard promote")
+            return mv
+        if "/" in rest:
+            name, version = rest.rsplit("/", 1)
+            return get_version(config, version, name)
+        raise TrackingError(f"'{ref}' must look like models:/NAME@ALIAS or models:/NAME/VERSION")
+    if ref in (ALIAS_CHALLENGER, ALIAS_CHAMPION):
+        mv = get_model_version_by_alias(config, ref)
+        if mv is None:
+            raise TrackingError(f"no model has the alias '{ref}' yet; run: lineguard gate CANDIDATE --data DATASET")
+        return mv
+    run_id = resolve_model_uri(config, ref)
+    found = find_version(config, run_id)
+    if found is None:
+        raise TrackingError(f"'{ref}' is not registered; run: lineguard gate {ref} --data DATASET")
+    return found

@@ -84,7 +84,7 @@ def test_small_brightness_and_position_changes_do_not_flip_decisions(trained: di
     ev, ds = trained["evaluation"], trained["dataset"]
     images = ds.read_images(ds.split("test"))
     out = behaviour_checks(trained["scorer"], images, ev.test_decisions(), ev.test.recipes, ev.test.labels,
-                           ev.temperature, ev.thresholds, min_recipe_balanced_accuracy=0.0, max_flip_rate=0.1)
+                           ev.decision, min_recipe_balanced_accuracy=0.0, max_flip_rate=0.1)
     assert out["invariance"], "no perturbation was checked"
     for name, check in out["invariance"].items():
         assert check["flip_rate"] <= 0.1, f"{name} flipped {check['flipped']} of {check['n']} decisions"

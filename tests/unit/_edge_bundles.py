@@ -77,7 +77,9 @@ def make_toy_bundle(
     golden = ex.GoldenBatch(golden.images, np.array([recipes[i % len(recipes)] for i in range(8)]), golden.labels,
                             golden.source)
     expected = ex.onnx_outputs(model, golden.inputs(PARAMS))
-    dec = dict(decision or {"default_threshold": 0.5, "per_recipe": {"vanilla": 0.3}, "temperature": 2.0})
+    from lineguard.edge import Decision
+
+    dec = Decision.from_dict(decision or {"default_threshold": 0.5, "per_recipe": {"vanilla": 0.3}, "temperature": 2.0})
     parity = ex.compare_outputs(expected, expected, 0.5, 1.0, 1, 1e-4, "onnxruntime")
     ref, arrays = (None, None)
     if with_reference:

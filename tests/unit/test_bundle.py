@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lineguard import export as ex
-from lineguard.edge import BundleError, load_bundle
+from lineguard.edge import BundleError, Decision, load_bundle
 from lineguard.edge.predictor import verify_bundle
 from tests.unit._edge_bundles import PARAMS, make_toy_bundle, toy_onnx
 
@@ -59,8 +59,10 @@ def test_round_trip_keeps_every_field(bundle_dir: Path) -> None:
     assert b.meta["model"]["outputs"] == {"logits": [None, 2], "embedding": [None, 3]}
     assert b.classes == ("good", "bad") and b.positive_index == 1
     assert b.preprocess == PARAMS
-    assert b.threshold_for("vanilla") == 0.3 and b.threshold_for("chocolate") == 0.5 and b.threshold_for(None) == 0.5
-    assert b.temperature == 2.0
+    d = b.decision
+    assert d.threshold_for("vanilla") == 0.3 and d.threshold_for("chocolate") == 0.5 and d.threshold_for(None) == 0.5
+    assert d.temperature == 2.0
+    assert b.meta["decision"] == d.to_dict()  # the bundle's block is the record, field for field
     assert set(b.meta["files"]) == {"model.onnx", "reference.npz", "golden.npz"}
     ref = b.load_arrays("reference.npz")
     assert ref["embedding_cov"].shape == (3, 3) and ref["image_stats"].shape == (10, 2)
@@ -86,7 +88,7 @@ def test_existing_bundle_is_not_overwritten_and_failed_write_leaves_nothing(bund
     with pytest.raises(ex.ExportError, match="positive class"):
         ex.write_bundle(tmp_path / "bad", toy_onnx(tmp_path / "m.onnx"), classes=["good", "bad"],
                         positive_class="defect", preprocess=PARAMS, golden=ex.synthetic_golden(PARAMS, 2),
-                        expected={"logits": np.zeros((2, 2))}, parity={}, decision={"default_threshold": 0.5})
+                        expected={"logits": np.zeros((2, 2))}, parity={}, decision=Decision(0.5))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
@@ -217,5 +219,5 @@ def test_rebundle_swaps_model_and_records_parity(bundle_dir: Path, tmp_path: Pat
     assert b.meta["parity"]["reference"] == "base-bundle"
     assert 0 < b.meta["parity"]["max_abs_logit_diff"] < 1
     assert b.meta["lineage"]["base_bundle"] == "toy:1"
-    assert b.thresholds == load_bundle(bundle_dir).thresholds
+    assert b.decision == load_bundle(bundle_dir).decision
     assert verify_bundle(out)["passed"]

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from lineguard import LineguardError
 from lineguard.cli import app
 from lineguard.edge import ImageFileError, Prediction, Predictor, load_bundle
-from lineguard.edge.bench import latency_summary
+from lineguard.edge.latency import latency_summary
 from lineguard.edge.predictor import scores_from_logits
 from tests.unit._edge_bundles import expected_score, grey, make_toy_bundle
 
@@ -191,3 +191,29 @@ def test_bench_reports_a_bad_bundle(tmp_path: Path) -> None:
 def test_loaded_bundle_is_reused_by_the_predictor(bundle_dir: Path) -> None:
     b = load_bundle(bundle_dir)
     assert Predictor(b).bundle is b
+
+
+def test_every_prediction_names_the_bundle_that_made_it(predictor: Predictor) -> None:
+    """The prediction record carries the bundle's name and version (DESIGN: Prediction record)."""
+    single = predictor.predict(grey(200), recipe="vanilla")
+    batch = predictor.predict([grey(40), grey(200)])
+    assert isinstance(single, Prediction)
+    for pred in [single, *batch]:
+        assert (pred.bundle_name, pred.bundle_version) == ("toy", "1")
+        assert {"bundle_name", "bundle_version", "score", "decision", "latency_ms"} <= set(pred.to_dict())
+
+
+def test_open_runner_refuses_bad_options_and_files(tmp_path: Path) -> None:
+    from lineguard import LineguardError
+    from lineguard.edge import ModelLoadError, open_runner
+
+    with pytest.raises(LineguardError, match="unknown backend 'tflite'"):
+        open_runner(tmp_path / "m.onnx", "tflite")
+    with pytest.raises(LineguardError, match="threads must be an integer >= 0"):
+        open_runner(tmp_path / "m.onnx", "ort", -1)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        open_runner(tmp_path / "m.onnx")
+    (tmp_path / "m.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match="ONNX Runtime cannot load") as err:
+        open_runner(tmp_path / "m.onnx")
+    assert "\n" not in str(err.value)

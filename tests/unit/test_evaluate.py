@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from lineguard.edge import Decision
 from lineguard.evaluate import metrics as m
 
 # 4 good, 4 bad; threshold 0.5 -> good: 0.1 0.2 0.3 rejected 0.6 | bad: 0.4 missed, 0.7 0.8 0.9 caught.
@@ -137,7 +138,7 @@ def test_per_recipe_thresholds_fall_back_with_few_samples() -> None:
     th = m.choose_thresholds(y, s, recipes, min_per_class=10)
     assert set(th.per_recipe) == {"a", "b"}
     assert any("rare" in n for n in th.notes)
-    assert th.for_recipes(["a", "rare"]).tolist() == [th.per_recipe["a"], th.default]
+    assert Decision(th.default, th.per_recipe).thresholds_for(["a", "rare"]).tolist() == [th.per_recipe["a"], th.default]
     assert m.choose_thresholds(y, s, recipes, per_recipe=False).per_recipe == {}
 
 
@@ -174,14 +175,6 @@ def test_bootstrap_ci_is_seeded_and_contains_the_point_estimate() -> None:
     assert (lo, hi) == m.bootstrap_ci(y, s, 0.5, "balanced_accuracy", n_resamples=500, seed=7)
     auc_lo, auc_hi = m.bootstrap_ci(y, s, 0.5, lambda yy, ss, _t: m.roc_auc(yy, ss), n_resamples=200)
     assert auc_lo < m.roc_auc(y, s) < auc_hi
-
-
-def test_mcnemar_midp() -> None:
-    assert m.mcnemar_midp(0, 0) == 1.0
-    # 10 discordant, all against A: P(X >= 10) mid-p = 0.5 * 2^-10.
-    assert m.mcnemar_midp(10, 0) == pytest.approx(0.5 / 1024)
-    assert m.mcnemar_midp(5, 5) == pytest.approx(0.5)
-    assert m.mcnemar_midp(0, 10) > 0.99
 
 
 def test_describe_test_set_warns() -> None:
@@ -227,8 +220,9 @@ def test_evaluate_with_report_and_bundle_dict(tmp_path, simple_dataset) -> None:
     assert set(result.metrics["per_recipe"]) == {"recipe_0", "recipe_1"}
     assert result.metrics["per_defect"]["missing_topping"]["n"] == 8
     assert any("'recipe_0' has only 8 test images" in w for w in result.warnings)  # 8 < 50: CI warning
-    block = result.to_bundle_dict()
-    assert set(block["decision"]) == {"default_threshold", "per_recipe", "cost", "temperature"}
+    block = {"decision": result.decision.to_dict(), "evaluation": result.headline()}
+    assert result.decision_source == "val" and block["decision"]["fitted_on"] == "val"
+    assert {"default_threshold", "per_recipe", "cost", "temperature", "rule"} <= set(block["decision"])
     assert 0 <= block["decision"]["default_threshold"] <= 1
     assert block["evaluation"]["balanced_accuracy"] == result.balanced_accuracy
     import json
@@ -257,7 +251,7 @@ def test_evaluate_predictions_fits_on_val_only() -> None:
     test = preds([-4, 5, 6, 7], [0, 0, 1, 1])  # a confident mistake on test must not move the threshold
     cfg = EvaluateConfig(bootstrap=0, calibrate=False, min_threshold_samples=1)
     result = evaluate_predictions(val, test, cfg)
-    assert result.thresholds.default == pytest.approx(0.5)
+    assert result.decision.default_threshold == pytest.approx(0.5)
     assert result.metrics["overall"]["false_reject_rate"] == pytest.approx(0.5)
     # One-class test split: metrics that need both classes are None, nothing raises.
     one_class = evaluate_predictions(val, preds([-3, -2], [0, 0]), cfg)
@@ -281,8 +275,7 @@ def test_perturbations_and_behaviour_checks() -> None:
 
     images = [np.full((8, 8, 3), v, np.uint8) for v in (50, 95, 105, 150)]
     base = np.array([0, 0, 1, 1])
-    th = m.Thresholds(0.5, {})
-    out = behaviour_checks(Brightness(), images, base, ["r"] * 4, [0, 0, 1, 1], 1.0, th)  # type: ignore[arg-type]
+    out = behaviour_checks(Brightness(), images, base, ["r"] * 4, [0, 0, 1, 1], Decision(0.5))  # type: ignore[arg-type]
     # +10 % brightness turns 95 into 104.5 (flip); -10 % turns 105 into 94.5 (flip): 1 of 4 each.
     assert out["invariance"]["brightness +10%"]["flip_rate"] == pytest.approx(0.25)
     assert out["invariance"]["brightness -10%"]["flipped"] == 1

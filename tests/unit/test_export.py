@@ -160,6 +160,7 @@ def test_export_command_builds_a_verified_bundle_from_a_tracked_run(dataset, tmp
     assert m["lineage"]["git_commit"] == "abc123"
     assert m["recipes"] == dataset.recipes and m["classes"] == ["good", "bad"]
     assert 0.0 <= m["decision"]["default_threshold"] <= 1.0 and m["decision"]["temperature"] > 0
+    assert m["decision"]["fitted_on"] == "val"
     assert m["evaluation"]["n"] == len(dataset.split("test"))
     assert set(m["evaluation"]) >= {"balanced_accuracy", "ece", "per_recipe"}
     assert m["parity"]["passed"] and m["parity"]["n"] == 12 and m["parity"]["atol"] == ATOL
@@ -174,9 +175,9 @@ def test_export_command_builds_a_verified_bundle_from_a_tracked_run(dataset, tmp
     images = dataset.read_images(rows)
     preds = Predictor(b).predict(images, recipe=list(rows["recipe"]))
     logits = ex.torch_outputs(model, preprocess_batch(images, PARAMS))["logits"]
-    scores = scores_from_logits(logits, b.temperature, 1)
+    scores = scores_from_logits(logits, b.decision.temperature, 1)
     assert np.allclose([p.score for p in preds], scores, atol=1e-5)
-    assert [p.decision == "reject" for p in preds] == [s >= b.threshold_for(r) for s, r in zip(scores, rows["recipe"], strict=True)]
+    assert [p.decision == "reject" for p in preds] == [s >= b.decision.threshold_for(r) for s, r in zip(scores, rows["recipe"], strict=True)]
 
     res = CliRunner().invoke(app, ["export", run.run_id, "--data", dataset.root, "--out", str(archive),
                                    "--set", f"workdir={tmp_path / 'work'}"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lineguard.config import GateConfig
-from lineguard.gate import EvalSummary, SliceSummary, decide
+from lineguard.gate import EvalSummary, SliceSummary, decide, mcnemar_midp
 
 POLICY = GateConfig(tolerance=0.005, max_ece=0.05, min_balanced_accuracy=0.95, min_recipe_balanced_accuracy=0.9)
 
@@ -100,3 +102,11 @@ def test_summary_round_trips_through_dict() -> None:
     back = EvalSummary.from_dict({**s.to_dict(), "image_costs": s.image_costs, "image_recipes": s.image_recipes})
     assert back == s
     assert decide(s, None, POLICY).to_dict()["passed"] is True
+
+
+def test_mcnemar_midp() -> None:
+    assert mcnemar_midp(0, 0) == 1.0
+    # 10 discordant, all against A: P(X >= 10) mid-p = 0.5 * 2^-10.
+    assert mcnemar_midp(10, 0) == pytest.approx(0.5 / 1024)
+    assert mcnemar_midp(5, 5) == pytest.approx(0.5)
+    assert mcnemar_midp(0, 10) > 0.99

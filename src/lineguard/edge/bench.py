@@ -13,20 +13,20 @@ warm-up and over the same number of repeats:
 
 Frames are the bundle's golden images scaled to ``frame_size`` (default: twice the
 model's input side, so the resize is exercised). Latency is per call (one batch):
-median, p90, p99, mean; throughput is images per second from the mean.
+median, p90, p99, mean; throughput is images per second from the mean. The timing and the
+summary are :mod:`lineguard.edge.latency`'s, shared with compression.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,42 +34,10 @@ import numpy as np
 
 from lineguard import LineguardError
 from lineguard.edge.bundle import GOLDEN_FILE, load_bundle
-from lineguard.edge.predictor import BACKENDS, Predictor
+from lineguard.edge.latency import latency_summary, time_calls
+from lineguard.edge.predictor import Predictor
+from lineguard.edge.runner import BACKENDS
 from lineguard.preprocess import preprocess_batch
-
-
-def latency_summary(times_ms: Sequence[float], batch: int) -> dict[str, float]:
-    """Pure: median, p90, p99, mean, min (ms per call) and throughput (images/s)."""
-    t = np.asarray(times_ms, np.float64)
-    if t.size == 0:
-        raise LineguardError("no timings to summarise")
-    mean = float(t.mean())
-    return {
-        "median_ms": float(np.median(t)),
-        "p90_ms": float(np.quantile(t, 0.90)),
-        "p99_ms": float(np.quantile(t, 0.99)),
-        "mean_ms": mean,
-        "min_ms": float(t.min()),
-        "throughput_per_s": batch * 1000.0 / mean if mean > 0 else float("inf"),
-    }
-
-
-def _time(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    clock = time.perf_counter_ns
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            t0 = clock()
-            fn()
-            out.append((clock() - t0) / 1e6)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return out
 
 
 def _frames(bundle_images: np.ndarray | None, frame_size: tuple[int, int], n: int) -> list[np.ndarray]:
@@ -108,14 +76,14 @@ def bench(
     golden = b.load_arrays(GOLDEN_FILE).get("images") if GOLDEN_FILE in b.meta["files"] else None
     frames = _frames(golden, size, batch)
     x = preprocess_batch(frames, params)
-    first_decision_ms = _time(lambda: predictor.predict_tensor(x), 0, 1)[0]
-    model = _time(lambda: predictor.predict_tensor(x), warmup, repeats)
+    first_decision_ms = time_calls(lambda: predictor.predict_tensor(x), 0, 1)[0]
+    model = time_calls(lambda: predictor.predict_tensor(x), warmup, repeats)
     if batch == 1:
         frame = frames[0]
-        end_to_end = _time(lambda: predictor.predict(frame), warmup, repeats)
+        end_to_end = time_calls(lambda: predictor.predict(frame), warmup, repeats)
     else:
-        end_to_end = _time(lambda: predictor.predict(frames), warmup, repeats)
-    pre = _time(lambda: preprocess_batch(frames, params), warmup, repeats)
+        end_to_end = time_calls(lambda: predictor.predict(frames), warmup, repeats)
+    pre = time_calls(lambda: preprocess_batch(frames, params), warmup, repeats)
     import onnxruntime as ort
 
     m, e = latency_summary(model, batch), latency_summary(end_to_end, batch)

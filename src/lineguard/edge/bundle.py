@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from lineguard import LineguardError
+from lineguard.edge.decision import Decision
+from lineguard.edge.runner import ModelLoadError, open_runner
 from lineguard.preprocess import PreprocessParams
 
 SCHEMA_VERSION = 1
@@ -49,16 +51,18 @@ class BundleError(LineguardError):
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle on local disk: its metadata plus the parsed fields the runtime needs."""
+    """A verified bundle on local disk: its metadata plus the parsed fields the runtime needs.
+
+    ``decision`` is the bundle's :class:`~lineguard.edge.decision.Decision` (temperature and
+    thresholds): what the edge applies, and what evaluating or gating the bundle uses.
+    """
 
     path: Path
     meta: dict[str, Any]
     preprocess: PreprocessParams
     classes: tuple[str, ...]
     positive_class: str
-    default_threshold: float
-    thresholds: dict[str, float]
-    temperature: float
+    decision: Decision
     source: str = ""
     _tmpdir: Any = field(default=None, repr=False, compare=False)
 
@@ -90,12 +94,6 @@ class Bundle:
     def size_bytes(self) -> int:
         """Total size of the bundle's files (bundle.json included)."""
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
-
-    def threshold_for(self, recipe: str | None) -> float:
-        """The decision threshold of a recipe; the default for an unknown or missing recipe."""
-        if recipe is None:
-            return self.default_threshold
-        return self.thresholds.get(recipe, self.default_threshold)
 
     def file_path(self, name: str) -> Path:
         """Path of a listed file; BundleError if bundle.json does not list it."""
@@ -235,35 +233,24 @@ def _check_files(folder: Path, meta: dict[str, Any], source: str) -> None:
             )
 
 
-def _parse_decision(meta: dict[str, Any], source: str) -> tuple[float, dict[str, float], float]:
-    decision = _block(meta, "decision", source, "bundle.json has no 'decision' block")
+def _parse_decision(meta: dict[str, Any], source: str) -> Decision:
+    block = _block(meta, "decision", source, "bundle.json has no 'decision' block")
     try:
-        default = float(decision["default_threshold"])
-        per_recipe = {str(k): float(v) for k, v in (decision.get("per_recipe") or {}).items()}
-        temperature = float(decision.get("temperature", 1.0))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"bundle '{source}': decision block is invalid ({exc!r})") from None
-    for name, t in [("default_threshold", default), *per_recipe.items()]:
-        _require(0.0 <= t <= 1.0, source, f"decision threshold '{name}' = {t} is outside [0, 1]")
-    _require(np.isfinite(temperature) and temperature > 0, source, f"decision temperature {temperature} must be > 0")
-    return default, per_recipe, temperature
+        return Decision.from_dict(block)
+    except LineguardError as exc:
+        raise BundleError(f"bundle '{source}': {exc}") from None
 
 
 def check_onnx(path: Path, source: str = "") -> Any:
-    """Open ``path`` in ONNX Runtime (graph optimisations off, 1 thread); BundleError if it does not load."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
+    """Open ``path`` with :func:`~lineguard.edge.runner.open_runner` (1 thread) and return its ONNX
+    Runtime session; BundleError if it does not load."""
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        runner = open_runner(path, "ort", threads=1)
+    except ModelLoadError as exc:
         raise BundleError(
-            f"bundle '{source}': '{path.name}' is not a loadable ONNX model (truncated or corrupt?): {first[:300]}"
+            f"bundle '{source}': '{path.name}' is not a loadable ONNX model (truncated or corrupt?): {exc.reason}"
         ) from None
+    return runner.session  # type: ignore[attr-defined]
 
 
 def parse_bundle(folder: Path, meta: dict[str, Any], source: str) -> Bundle:
@@ -299,16 +286,13 @@ def parse_bundle(folder: Path, meta: dict[str, Any], source: str) -> Bundle:
         params = PreprocessParams.from_dict(block)
     except LineguardError as exc:
         raise BundleError(f"bundle '{source}': {exc}") from None
-    default, per_recipe, temperature = _parse_decision(meta, source)
     return Bundle(
         path=folder,
         meta=meta,
         preprocess=params,
         classes=tuple(classes),
         positive_class=str(positive),
-        default_threshold=default,
-        thresholds=per_recipe,
-        temperature=temperature,
+        decision=_parse_decision(meta, source),
         source=source,
     )
 

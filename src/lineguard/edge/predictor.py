@@ -3,9 +3,10 @@
 :class:`Predictor` opens the bundle's ONNX model in ONNX Runtime (or OpenVINO, an
 optional backend) and turns each image into a :class:`Prediction`: the calibrated
 probability of the positive (defect) class, ``softmax(logits / temperature)``, compared
-with the recipe's threshold from bundle.json (the default threshold for an unknown
-recipe). An item is rejected when ``score >= threshold``, the same rule evaluation used
-to choose the threshold. The hot path is one preprocess call, one session run and a few
+with the recipe's threshold -- both from the bundle's
+:class:`~lineguard.edge.decision.Decision`, the record evaluation fitted and export
+shipped. An item is rejected when ``score >= threshold``. The model is opened with
+:func:`~lineguard.edge.runner.open_runner`, as everywhere else in LineGuard. The hot path is one preprocess call, one session run and a few
 float operations, so batch-1 latency is the model's own.
 
 Imports numpy, onnxruntime, the standard library and :mod:`lineguard.preprocess` only.
@@ -18,12 +19,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, overload
 
 import numpy as np
 
 from lineguard import LineguardError
-from lineguard.edge.bundle import INPUT_NAME, Bundle, BundleError, load_bundle
+from lineguard.edge.bundle import Bundle, BundleError, load_bundle
+from lineguard.edge.runner import BACKENDS, Backend, Runner, open_runner
 from lineguard.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
@@ -32,8 +34,9 @@ from lineguard.preprocess import (
     preprocess_batch,
 )
 
-Backend = Literal["ort", "openvino"]
-BACKENDS: tuple[str, ...] = ("ort", "openvino")
+__all__ = ["ACCEPT", "BACKENDS", "REJECT", "Backend", "ImageFileError", "Prediction", "Predictor",
+           "decision_parity", "scores_from_logits", "verify_bundle"]
+
 ACCEPT, REJECT = "accept", "reject"
 
 
@@ -53,7 +56,9 @@ class Prediction:
     ``score`` is the calibrated probability of the positive class; ``decision`` is
     ``reject`` when ``score >= threshold``; ``label`` is the class the decision stands
     for; ``latency_ms`` is the wall time of the ``predict`` call that produced it
-    (preprocessing included; for a batch, the whole batch).
+    (preprocessing included; for a batch, the whole batch). ``bundle_name`` and
+    ``bundle_version`` name the bundle that decided, whose ``lineage`` block leads back
+    to the training run and the dataset version.
     """
 
     label: str
@@ -62,6 +67,8 @@ class Prediction:
     threshold: float
     recipe: str | None
     latency_ms: float
+    bundle_name: str
+    bundle_version: str
 
     @property
     def rejected(self) -> bool:
@@ -114,67 +121,6 @@ def decision_parity(
     }
 
 
-class _OrtRunner:
-    """ONNX Runtime session with LineGuard's latency settings."""
-
-    def __init__(self, model_path: Path, threads: int) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise BundleError(f"ONNX Runtime cannot load '{model_path}': {str(exc).splitlines()[0][:300]}") from None
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self._logits_only = ["logits"]
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(self._logits_only, {INPUT_NAME: x})[0]  # type: ignore[no-any-return]
-
-    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, {INPUT_NAME: x}), strict=True))
-
-
-class _OpenVinoRunner:
-    """OpenVINO CPU plugin with an explicit precision hint (its bf16 default changes results)."""
-
-    def __init__(self, model_path: Path, threads: int, precision_hint: str) -> None:
-        try:
-            import openvino as ov
-        except ImportError:
-            raise LineguardError(
-                "backend 'openvino' needs the openvino package: pip install 'lineguard[openvino]'"
-            ) from None
-        core = ov.Core()
-        config = {
-            "INFERENCE_PRECISION_HINT": precision_hint,
-            "INFERENCE_NUM_THREADS": int(threads),
-            "NUM_STREAMS": 1,
-            "PERFORMANCE_HINT": "LATENCY",
-        }
-        try:
-            compiled = core.compile_model(str(model_path), "CPU", config)
-        except Exception as exc:
-            raise BundleError(f"OpenVINO cannot load '{model_path}': {str(exc).splitlines()[0][:300]}") from None
-        self.precision_hint = precision_hint
-        self.request = compiled.create_infer_request()
-        self.output_names = [o.get_any_name() for o in compiled.outputs]
-        self._logits_index = self.output_names.index("logits")
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        self.request.infer({0: x})
-        return np.array(self.request.get_output_tensor(self._logits_index).data)
-
-    def outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        self.request.infer({0: x})
-        return {n: np.array(self.request.get_output_tensor(i).data) for i, n in enumerate(self.output_names)}
-
-
 class Predictor:
     """Decisions from a bundle. ``Predictor(bundle, threads=1, backend='ort')``.
 
@@ -200,12 +146,10 @@ class Predictor:
         self.threads = threads
         self.backend = backend
         self.params = self.bundle.preprocess
-        self._runner: _OrtRunner | _OpenVinoRunner
-        if backend == "ort":
-            self._runner = _OrtRunner(self.bundle.model_path, threads)
-        else:
-            self._runner = _OpenVinoRunner(self.bundle.model_path, threads, precision_hint)
-        self._inv_t = 1.0 / self.bundle.temperature
+        self.decision = self.bundle.decision
+        self._runner: Runner = open_runner(self.bundle.model_path, backend, threads, precision_hint)
+        self._inv_t = 1.0 / self.decision.temperature
+        self._name, self._version = self.bundle.name, self.bundle.version
         self._pos = self.bundle.positive_index
         self._classes = self.bundle.classes
         self._two_class = len(self._classes) == 2
@@ -223,7 +167,7 @@ class Predictor:
 
     def scores(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated positive-class probabilities for a batch of logits."""
-        return scores_from_logits(logits, self.bundle.temperature, self._pos)
+        return scores_from_logits(logits, self.decision.temperature, self._pos)
 
     # --- decisions -------------------------------------------------------------------------------
 
@@ -232,17 +176,18 @@ class Predictor:
             z = (float(row[self._pos]) - float(row[self._other])) * self._inv_t
             score = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
         else:
-            score = float(scores_from_logits(row[None, :], self.bundle.temperature, self._pos)[0])
-        threshold = self.bundle.threshold_for(recipe)
+            score = float(scores_from_logits(row[None, :], self.decision.temperature, self._pos)[0])
+        threshold = self.decision.threshold_for(recipe)
         if score >= threshold:
-            return Prediction(self.bundle.positive_class, score, REJECT, threshold, recipe, latency_ms)
+            return Prediction(self.bundle.positive_class, score, REJECT, threshold, recipe, latency_ms,
+                              self._name, self._version)
         if self._two_class:
             label = self._classes[self._other]
         else:
             masked = np.array(row, dtype=np.float64)
             masked[self._pos] = -np.inf
             label = self._classes[int(np.argmax(masked))]
-        return Prediction(label, score, ACCEPT, threshold, recipe, latency_ms)
+        return Prediction(label, score, ACCEPT, threshold, recipe, latency_ms, self._name, self._version)
 
     def _predict_one(self, image: np.ndarray, recipe: str | None) -> Prediction:
         t0 = time.perf_counter()
@@ -347,8 +292,8 @@ def verify_bundle(bundle: Bundle | str | Path, threads: int = 1, backend: Backen
     if logits.shape != expected.shape:
         raise BundleError(f"bundle '{b.source}': model gives logits {logits.shape}, golden.npz expects {expected.shape}")
     recipes = [str(r) or None for r in golden.get("recipes", np.array([""] * len(images)))]
-    thresholds = np.array([b.threshold_for(r) for r in recipes], np.float64)
-    figures = decision_parity(expected, logits, thresholds, b.temperature, b.positive_index, atol)
+    figures = decision_parity(expected, logits, b.decision.thresholds_for(recipes), b.decision.temperature,
+                              b.positive_index, atol)
     emb_diff = None
     if "expected_embedding" in golden and "embedding" in outputs:
         emb_diff = float(np.max(np.abs(outputs["embedding"] - golden["expected_embedding"]), initial=0.0))

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from lineguard.edge.decision import Decision
 from lineguard.evaluate import metrics as m
 from lineguard.evaluate.scoring import Scorer
 
@@ -55,21 +56,20 @@ def behaviour_checks(
     base_decisions: np.ndarray,
     recipes: Any,
     labels: Any,
-    temperature: float,
-    thresholds: m.Thresholds,
+    decision: Decision,
     min_recipe_balanced_accuracy: float = 0.9,
     per_recipe: Mapping[str, float | None] | None = None,
     max_flip_rate: float = MAX_FLIP_RATE,
 ) -> dict[str, Any]:
     """Flip rates under each perturbation and the per-recipe floor; ``passed`` if all hold."""
     r = np.asarray(recipes, dtype=object)
-    per_item = thresholds.for_recipes(r)
+    per_item = decision.thresholds_for(r)
     out: dict[str, Any] = {"invariance": {}, "minimum_function": {}, "max_flip_rate": max_flip_rate}
     passed = True
     if len(images):
         side = int(min(images[0].shape[:2]))
         for name, change in perturbations(side).items():
-            scores = m.apply_temperature(scorer.margins([change(im) for im in images]), temperature)
+            scores = decision.scores_from_margins(scorer.margins([change(im) for im in images]))
             flipped = m.decisions(scores, per_item) != np.asarray(base_decisions)
             rate = float(flipped.mean())
             ok = rate <= max_flip_rate

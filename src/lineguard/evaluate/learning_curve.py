@@ -210,10 +210,10 @@ def learning_curve(
     from rich.console import Console
 
     from lineguard import train as train_mod
-    from lineguard.evaluate.evaluation import _load_dataset, evaluate_predictions
+    from lineguard.evaluate.evaluation import evaluate_predictions, open_dataset
     from lineguard.evaluate.scoring import TorchScorer, predict
 
-    ds = _load_dataset(dataset)
+    ds = open_dataset(dataset)
     ec = config.evaluate
     fractions = sorted(fractions or ec.learning_curve_fractions)
     n_seeds = seeds or ec.learning_curve_seeds
@@ -271,11 +271,10 @@ def learning_curve(
 
 def figure_learning_curve(curve: LearningCurve) -> bytes:
     """Test balanced accuracy vs training images per recipe, with the spread over seeds and the fits."""
-    from lineguard.evaluate.report import _png, _pyplot
+    from lineguard.evaluate.report import figure_png, new_figure
 
-    plt = _pyplot()
     recipes = sorted(k for k in curve.fits if k != "overall")
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = new_figure(figsize=(7, 4.2))
     for i, recipe in enumerate(recipes):
         colour = f"C{i % 10}"
         by_n: dict[int, list[float]] = {}
@@ -299,4 +298,4 @@ def figure_learning_curve(curve: LearningCurve) -> bytes:
            title="Learning curve (dashed: fit, extrapolated to 4x)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return bytes(_png(fig))
+    return figure_png(fig)

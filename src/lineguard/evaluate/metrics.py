@@ -361,15 +361,16 @@ def choose_threshold(
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The decision thresholds: a default and optional per-recipe overrides."""
+    """Thresholds chosen on data: a default and per-recipe overrides, with notes on the choice.
+
+    A fitting result, not a decision rule: :func:`lineguard.evaluate.fit_decision` turns
+    it, with the temperature and the cost, into the :class:`~lineguard.edge.decision.Decision`
+    that applies it (the one place where "the recipe's threshold, else the default" lives).
+    """
 
     default: float
     per_recipe: dict[str, float]
     notes: tuple[str, ...] = ()
-
-    def for_recipes(self, recipes: Any) -> np.ndarray:
-        """One threshold per item (its recipe's, else the default)."""
-        return np.array([self.per_recipe.get(str(r), self.default) for r in recipes], dtype=np.float64)
 
 
 def choose_thresholds(
@@ -593,28 +594,6 @@ def per_slice(
     t = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), y.shape)
     g = np.asarray(groups, dtype=object).reshape(-1)
     return {str(k): summarise(y[g == k], s[g == k], t[g == k], **kwargs) for k in sorted({str(v) for v in g})}
-
-
-# --- paired comparison -------------------------------------------------------------------------
-
-
-def mcnemar_midp(wrong_a_only: int, wrong_b_only: int) -> float:
-    """One-sided mid-p McNemar test that A makes more errors than B on the same items.
-
-    ``wrong_a_only``: items A got wrong and B right; ``wrong_b_only``: the reverse. Under
-    the null hypothesis each discordant item is a fair coin. Returns the mid-p value of
-    seeing at least ``wrong_a_only`` of them against A (1.0 with no discordant items).
-    """
-    n = wrong_a_only + wrong_b_only
-    if n == 0:
-        return 1.0
-    k = wrong_a_only
-    log_pmf = [
-        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(n + 1)
-    ]
-    pmf = np.exp(np.asarray(log_pmf))
-    upper = float(pmf[k + 1 :].sum())
-    return float(min(1.0, upper + 0.5 * pmf[k]))
 
 
 def describe_test_set(

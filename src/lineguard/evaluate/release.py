@@ -5,8 +5,9 @@ The flow, and what each step records in the MLflow model registry:
 1. ``register(RUN_ID)``: a new version of ``tracking.registered_model`` whose tags hold
    the run's latest evaluation (``eval.*``).
 2. ``gate(CANDIDATE, against="champion", data=DATASET)``: evaluates the candidate and the
-   champion on the same golden test set, applies :func:`lineguard.gate.decide`, points
-   the ``challenger`` alias at the candidate and records the verdict on its version
+   champion on the same golden test set (a bundle with the Decision it ships -- the
+   thresholds that decide on the line --, a run with one fitted on val), applies
+   :func:`lineguard.gate.decide`, points the ``challenger`` alias at the candidate and records the verdict on its version
    (``gate.passed``, ``gate.reasons``, ``gate.champion_version``, ...).
 3. ``promote(CANDIDATE)``: moves the ``champion`` alias, but only when the recorded gate
    passed against the *current* champion; ``force=True`` overrides and is recorded
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lineguard import LineguardError
-from lineguard.evaluate import metrics as m
 
 if TYPE_CHECKING:
     from lineguard.config import LineguardConfig
@@ -86,15 +86,15 @@ def _run_of(config: LineguardConfig, source: str) -> str | None:
 
 def parity_disagreement(config: LineguardConfig, bundle_eval: EvaluationResult, run_id: str,
                         dataset: Any) -> float:
-    """Share of test images where a bundle and its float source run decide differently (same settings)."""
+    """Share of test images where a bundle and its float source run decide differently (the bundle's Decision)."""
     from lineguard.evaluate.scoring import load_scorer, predict
 
     scorer, _ = load_scorer(run_id, config)
     float_pred = predict(scorer, dataset, "test")
     assert bundle_eval.test is not None
-    float_scores = m.apply_temperature(float_pred.margins, bundle_eval.temperature)
-    float_dec = m.decisions(float_scores, bundle_eval.thresholds.for_recipes(float_pred.recipes))
-    return float(np.mean(float_dec != bundle_eval.test_decisions())) if float_dec.size else 0.0
+    decision = bundle_eval.decision
+    float_dec = decision.rejects(decision.scores_from_margins(float_pred.margins), float_pred.recipes)
+    return float(np.mean(float_dec != bundle_eval.test_decisions().astype(bool))) if float_dec.size else 0.0
 
 
 def gate(
@@ -108,11 +108,11 @@ def gate(
 ) -> GateOutcome:
     """Evaluate candidate and champion on the same test set and decide (see module docstring)."""
     from lineguard import tracking
-    from lineguard.evaluate.evaluation import _load_dataset, evaluate
+    from lineguard.evaluate.evaluation import evaluate, open_dataset
     from lineguard.evaluate.scoring import is_bundle
     from lineguard.gate import decide
 
-    dataset = _load_dataset(data)
+    dataset = open_dataset(data)
     cand_run = _run_of(config, candidate)
     champ_record: ModelVersionRecord | None = None
     champ_source: str | None = None
@@ -166,28 +166,20 @@ def gate(
 
 
 def _version_of(config: LineguardConfig, candidate: str) -> ModelVersionRecord:
+    """The registered version of a candidate: a registry reference, a run reference, or a bundle's run."""
     from lineguard import tracking
+    from lineguard.evaluate.scoring import is_bundle
 
-    if candidate.startswith("models:/"):
-        rest = candidate[len("models:/"):]
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            mv = tracking.get_model_version_by_alias(config, alias, name)
-            if mv is None:
-                raise ReleaseError(f"'{candidate}': no such alias")
-            return mv
-        name, version = rest.rsplit("/", 1)
-        return tracking.get_version(config, version, name)
-    if candidate in (tracking.ALIAS_CHALLENGER, tracking.ALIAS_CHAMPION):
-        mv = tracking.get_model_version_by_alias(config, candidate)
+    if is_bundle(candidate):
+        run_id = _run_of(config, candidate)
+        mv = tracking.find_version(config, run_id) if run_id else None
         if mv is None:
-            raise ReleaseError(f"no model has the alias '{candidate}' yet; run: lineguard gate CANDIDATE --data DATASET")
+            raise ReleaseError(f"'{candidate}' is not registered; run: lineguard gate {candidate} --data DATASET")
         return mv
-    run_id = _run_of(config, candidate)
-    mv = tracking.find_version(config, run_id) if run_id else None
-    if mv is None:
-        raise ReleaseError(f"'{candidate}' is not registered; run: lineguard gate {candidate} --data DATASET")
-    return mv
+    try:
+        return tracking.resolve_version(config, candidate)
+    except tracking.TrackingError as exc:
+        raise ReleaseError(str(exc)) from None
 
 
 def promote(config: LineguardConfig, candidate: str, force: bool = False) -> ModelVersionRecord:

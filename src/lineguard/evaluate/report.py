@@ -25,26 +25,28 @@ if TYPE_CHECKING:
     from lineguard.manifest import Dataset
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6, 4), squeeze: bool = True) -> Any:
+    """``(figure, axes)`` like ``pyplot.subplots``, but a bare :class:`matplotlib.figure.Figure`.
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    Reports never touch pyplot: no global backend switch (which would kill a notebook's
+    inline plots), no figure registry to leak into, safe from any thread.
+    """
+    from matplotlib.figure import Figure
 
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
-def _png(fig: Any) -> bytes:
+def figure_png(fig: Any) -> bytes:
+    """The figure as PNG bytes (rendered by Agg through the figure's own canvas)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    _pyplot().close(fig)
     return buf.getvalue()
 
 
 def figure_confusion(result: EvaluationResult) -> bytes:
-    plt = _pyplot()
     cm = np.asarray(result.metrics["overall"]["confusion"])
-    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    fig, ax = new_figure(figsize=(3.6, 3.2))
     ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
         ax.text(j, i, str(v), ha="center", va="center", color="black" if v < cm.max() / 2 else "white")
@@ -53,14 +55,13 @@ def figure_confusion(result: EvaluationResult) -> bytes:
     ax.set_xlabel("decision")
     ax.set_ylabel("truth")
     ax.set_title("Confusion matrix (test)")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def figure_curves(result: EvaluationResult) -> bytes:
-    plt = _pyplot()
     assert result.test is not None
     y, s = result.test.labels, result.test_scores()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig, (ax1, ax2) = new_figure(1, 2, figsize=(9, 3.8))
     slices: list[tuple[str, np.ndarray]] = [("all", np.ones_like(y, dtype=bool))]
     slices += [(r, result.test.recipes == r) for r in sorted(set(result.test.recipes.tolist()))]
     for name, mask in slices:
@@ -77,15 +78,14 @@ def figure_curves(result: EvaluationResult) -> bytes:
     for ax in (ax1, ax2):
         ax.legend(fontsize=7, loc="lower right" if ax is ax1 else "lower left")
         ax.grid(alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def figure_reliability(result: EvaluationResult) -> bytes:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.2, 4))
+    fig, ax = new_figure(figsize=(4.2, 4))
     ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfect")
     for key, label in (("before", f"before (ECE {result.metrics['uncalibrated']['ece'] or 0:.3f})"),
-                       ("after", f"after T={result.temperature:.2f} (ECE {result.ece or 0:.3f})")):
+                       ("after", f"after T={result.decision.temperature:.2f} (ECE {result.ece or 0:.3f})")):
         rel = result.metrics["reliability"][key]
         x = np.asarray(rel["mean_score"], dtype=float)
         yv = np.asarray(rel["fraction_bad"], dtype=float)
@@ -95,24 +95,23 @@ def figure_reliability(result: EvaluationResult) -> bytes:
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def figure_histogram(result: EvaluationResult) -> bytes:
-    plt = _pyplot()
     assert result.test is not None
     s, y = result.test_scores(), result.test.labels
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = new_figure(figsize=(6, 3.2))
     bins = np.linspace(0, 1, 41)
     ax.hist(s[y == 0], bins=bins, alpha=0.6, label="good", color="tab:green")
     ax.hist(s[y == 1], bins=bins, alpha=0.6, label="bad", color="tab:red")
-    ax.axvline(result.thresholds.default, color="k", ls="--", lw=1, label="threshold (default)")
-    for t in result.thresholds.per_recipe.values():
+    ax.axvline(result.decision.default_threshold, color="k", ls="--", lw=1, label="threshold (default)")
+    for t in result.decision.per_recipe.values():
         ax.axvline(t, color="k", ls=":", lw=0.6)
     ax.set_yscale("log")
     ax.set(xlabel="calibrated p(bad)", ylabel="images", title="Scores per class (test)")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def worst_items(result: EvaluationResult, k: int) -> np.ndarray:
@@ -128,11 +127,10 @@ def worst_items(result: EvaluationResult, k: int) -> np.ndarray:
 def figure_gallery(result: EvaluationResult, images: Sequence[np.ndarray], indices: np.ndarray) -> bytes | None:
     if not len(indices):
         return None
-    plt = _pyplot()
     assert result.test is not None
     cols = min(6, len(indices))
     rows = (len(indices) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.2 * rows), squeeze=False)
+    fig, axes = new_figure(rows, cols, figsize=(1.9 * cols, 2.2 * rows), squeeze=False)
     s, t = result.test_scores(), result.test_thresholds()
     for ax in axes.flat:
         ax.axis("off")
@@ -142,7 +140,7 @@ def figure_gallery(result: EvaluationResult, images: Sequence[np.ndarray], indic
         ax.imshow(img)
         ax.set_title(f"{'WRONG ' if wrong else ''}{truth} p={s[i]:.2f}\n{result.test.recipes[i]}", fontsize=7,
                      color="red" if wrong else "black")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
@@ -176,12 +174,12 @@ def tables(result: EvaluationResult) -> list[tuple[str, list[str], list[list[str
         )
     ]
     overall_rows.append(["ECE before calibration", _fmt(result.metrics["uncalibrated"].get("ece"))])
-    overall_rows.append(["temperature", f"{result.temperature:.3f}"])
+    overall_rows.append(["temperature", f"{result.decision.temperature:.3f}"])
     recipe_rows = [
         [r, str(int(s.get("n") or 0)), _fmt(s.get("balanced_accuracy"), True) + _ci(s, "balanced_accuracy"),
          _fmt(s.get("false_reject_rate"), True), _fmt(s.get("escape_rate"), True), _fmt(s.get("roc_auc")),
-         _fmt(s.get("ece")), f"{result.thresholds.per_recipe.get(r, result.thresholds.default):.3f}"
-         + ("" if r in result.thresholds.per_recipe else " (default)")]
+         _fmt(s.get("ece")), f"{result.decision.threshold_for(r):.3f}"
+         + ("" if r in result.decision.per_recipe else " (default)")]
         for r, s in result.metrics["per_recipe"].items()
     ]
     defect_rows = [
@@ -195,6 +193,10 @@ def tables(result: EvaluationResult) -> list[tuple[str, list[str], list[list[str
                         "threshold"], recipe_rows),
         ("Per defect type", ["defect", "images", "detection rate"], defect_rows),
     ]
+    if result.refit is not None:
+        out.append(("Shipped vs re-fitted on this val split (test)", ["slice", "threshold shipped / re-fitted",
+                    "balanced accuracy shipped / re-fitted", "expected cost shipped / re-fitted"],
+                    _refit_rows(result)))
     b = result.behaviour
     if b:
         inv = [[k, f"{100 * v['flip_rate']:.2f} % ({v['flipped']}/{v['n']})", "ok" if v["passed"] else "FAIL"]
@@ -205,6 +207,23 @@ def tables(result: EvaluationResult) -> list[tuple[str, list[str], list[list[str
               for k, v in b.get("minimum_function", {}).items()]
         out.append(("Minimum function per recipe", ["recipe", "balanced accuracy", "floor", "check"], mf))
     return out
+
+
+def _refit_rows(result: EvaluationResult) -> list[list[str]]:
+    """Side by side: the shipped Decision (every headline metric) and the one fitted on this val split."""
+    from lineguard.edge.decision import Decision
+
+    assert result.refit is not None
+    fitted = Decision.from_dict(result.refit["decision"])
+    shipped = result.decision
+    slices = [("overall", None, result.metrics["overall"], result.refit["overall"])]
+    slices += [(r, r, s, result.refit["per_recipe"].get(r, {})) for r, s in result.metrics["per_recipe"].items()]
+    return [
+        [name, f"{shipped.threshold_for(recipe):.3f} / {fitted.threshold_for(recipe):.3f}",
+         f"{_fmt(a.get('balanced_accuracy'), True)} / {_fmt(b.get('balanced_accuracy'), True)}",
+         f"{_fmt(a.get('expected_cost'))} / {_fmt(b.get('expected_cost'))}"]
+        for name, recipe, a, b in slices
+    ]
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -247,11 +266,12 @@ def write_report(result: EvaluationResult, dataset: Dataset, out_dir: Path, titl
                 "scores.png": "Score histograms per class", "worst.png": "Worst errors (or closest calls)"}
     name = title or result.source
     intro = [
-        f"Model: **{name}**; dataset version `{result.dataset_version}`; thresholds and temperature fitted on "
-        f"val, every number below measured on test.",
+        f"Model: **{name}**; dataset version `{result.dataset_version}`; thresholds and temperature "
+        + ("shipped by the bundle (used unchanged)" if result.decision_source == "bundle" else "fitted on val")
+        + ", every number below measured on test.",
         f"Decision: reject when calibrated p(bad) >= threshold; default threshold "
-        f"{result.thresholds.default:.3f}, cost false reject = {result.cost['false_reject']}, "
-        f"missed defect = {result.cost['missed_defect']}.",
+        f"{result.decision.default_threshold:.3f}, cost false reject = {result.cost.false_reject}, "
+        f"missed defect = {result.cost.missed_defect}.",
     ]
     md = [f"# Evaluation: {name}", "", *intro, ""]
     hp = [f"<h1>Evaluation: {html.escape(name)}</h1>"] + [f"<p>{html.escape(t).replace('**', '')}</p>" for t in intro]

@@ -77,7 +77,7 @@ class TorchScorer:
 
 @dataclass
 class BundleScorer:
-    """An exported bundle, run with ONNX Runtime exactly as the edge runs it (1 thread, CPU)."""
+    """An exported bundle, run as the edge runs it: :func:`lineguard.edge.runner.open_runner`, 1 thread."""
 
     name: str
     bundle: Any
@@ -85,26 +85,17 @@ class BundleScorer:
     positive_class: str
     preprocess: PreprocessParams
     batch_size: int = 64
-    _session: Any = None
+    _runner: Any = None
 
     def margins(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        import onnxruntime as ort
+        from lineguard.edge.runner import open_runner
 
-        if self._session is None:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1
-            self._session = ort.InferenceSession(str(self.bundle.model_path), opts,
-                                                 providers=["CPUExecutionProvider"])
-        inputs = self._session.get_inputs()
-        input_name = inputs[0].name
-        batch_dim = inputs[0].shape[0] if inputs[0].shape else None
-        step = self.batch_size if not isinstance(batch_dim, int) else batch_dim
-        names = [o.name for o in self._session.get_outputs()]
-        logits_name = "logits" if "logits" in names else names[0]
+        if self._runner is None:
+            self._runner = open_runner(self.bundle.model_path, "ort", threads=1)
         out = []
-        for i in range(0, len(images), step):
-            x = preprocess_batch(images[i : i + step], self.preprocess)
-            out.append(np.asarray(self._session.run([logits_name], {input_name: x})[0], dtype=np.float32))
+        for i in range(0, len(images), self.batch_size):
+            x = preprocess_batch(images[i : i + self.batch_size], self.preprocess)
+            out.append(np.asarray(self._runner.logits(x), dtype=np.float32))
         logits = np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
         return margins_from_class_logits(logits, self.classes.index(self.positive_class))
 
@@ -119,7 +110,9 @@ def load_scorer(source: str, config: LineguardConfig) -> tuple[Scorer, dict[str,
     """A scorer for a bundle path, a run id, ``models:/name@alias`` or ``champion``, plus lineage info.
 
     The info dict holds ``kind`` (run or bundle), ``run_id`` (the run the model came
-    from, when known) and ``name`` (a short label for reports).
+    from, when known), ``name`` (a short label for reports) and, for a bundle, ``decision``
+    (the :class:`~lineguard.edge.decision.Decision` it ships). A run must have recorded its
+    preprocessing (``model.json``); it is never replaced by the current config's.
     """
     if is_bundle(source):
         from lineguard.edge.bundle import load_bundle
@@ -129,7 +122,7 @@ def load_scorer(source: str, config: LineguardConfig) -> tuple[Scorer, dict[str,
         name = f"bundle {bundle.name or Path(source).name} v{bundle.version}".strip()
         scorer = BundleScorer(name, bundle, tuple(bundle.classes), bundle.positive_class, bundle.preprocess)
         return scorer, {"kind": "bundle", "run_id": lineage.get("run_id"), "name": name, "path": source,
-                        "precision": bundle.precision}
+                        "precision": bundle.precision, "decision": bundle.decision}
     if Path(source).exists():
         raise EvaluateError(f"'{source}' is a path but not a bundle (no bundle.json); pass a bundle, a run id "
                             f"or models:/NAME@ALIAS")
@@ -140,8 +133,8 @@ def load_scorer(source: str, config: LineguardConfig) -> tuple[Scorer, dict[str,
     classes = tuple(str(c) for c in meta.get("classes", ("good", "bad")))
     positive = str(meta.get("positive_class", classes[-1]))
     if "preprocess" not in meta:
-        raise LineguardError(f"run {run_id} recorded no preprocessing in its model meta; it cannot be scored "
-                             f"without guessing -- re-train it")
+        raise EvaluateError(f"run {run_id} recorded no preprocessing parameters (model/model.json has no "
+                            "'preprocess'); it cannot be scored the way it was trained -- retrain it")
     params = PreprocessParams.from_dict(meta["preprocess"])
     name = f"run {run_id[:8]}" + (f" ({source})" if source != run_id else "")
     return TorchScorer(name, model, classes, positive, params), {"kind": "run", "run_id": run_id, "name": name}

@@ -4,7 +4,8 @@
 - :mod:`~lineguard.export.onnx`: :func:`export_onnx` -- one input ``image``, outputs
   ``logits`` and ``embedding``, dynamic batch, checked against torch on the golden batch.
 - :mod:`~lineguard.export.bundle`: :func:`write_bundle` (atomic, any ONNX file and
-  precision label), :func:`rebundle` (swap the model of a bundle), :func:`reference_statistics`.
+  precision label, the :class:`~lineguard.edge.decision.Decision` it ships),
+  :func:`rebundle` (swap the model of a bundle), :func:`reference_statistics`.
 - :mod:`~lineguard.export.run`: :func:`export`, the whole step for a tracked run.
 
 Importing this package imports numpy and the edge runtime only; torch, MLflow and the
@@ -22,7 +23,7 @@ from lineguard.export.bundle import (
     verify_bundle,
     write_bundle,
 )
-from lineguard.export.onnx import OnnxExport, export_onnx, onnx_outputs, onnx_runner, torch_outputs
+from lineguard.export.onnx import OnnxExport, export_onnx, onnx_outputs, torch_outputs
 from lineguard.export.parity import (
     ExportError,
     GoldenBatch,
@@ -47,7 +48,6 @@ __all__ = [
     "export_onnx",
     "golden_batch",
     "onnx_outputs",
-    "onnx_runner",
     "rebundle",
     "reference_statistics",
     "scores_from_logits",

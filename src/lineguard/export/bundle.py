@@ -33,6 +33,7 @@ from lineguard.edge.bundle import (
     load_bundle,
     sha256_file,
 )
+from lineguard.edge.decision import Decision
 from lineguard.export.onnx import onnx_outputs
 from lineguard.export.parity import ExportError, GoldenBatch, ParityReport, compare_outputs
 from lineguard.preprocess import PreprocessParams
@@ -171,7 +172,7 @@ def write_bundle(
     golden: GoldenBatch,
     expected: Mapping[str, np.ndarray],
     parity: ParityReport | Mapping[str, Any],
-    decision: Mapping[str, Any],
+    decision: Decision,
     recipes: Sequence[str] = (),
     precision: str = "fp32",
     opset: int | None = None,
@@ -190,8 +191,8 @@ def write_bundle(
     ``logits`` (``embedding`` optional); ``precision`` labels it (``fp32``, ``int8-qdq``,
     ...). ``expected`` holds the outputs this model must give on ``golden`` in the
     reference runtime; ``parity`` records how they compare with the float model.
-    ``decision`` needs ``default_threshold`` and may hold ``per_recipe``, ``cost`` and
-    ``temperature``. Everything is written to a temp folder next to ``out``, hashed into
+    ``decision`` (temperature, thresholds, cost) becomes the ``decision`` block as
+    :meth:`Decision.to_dict` writes it. Everything is written to a temp folder next to ``out``, hashed into
     bundle.json, verified by loading it back, and only then renamed into place.
     """
     out = Path(out)
@@ -235,14 +236,7 @@ def write_bundle(
             "positive_class": positive_class,
             "recipes": list(recipes),
             "preprocess": preprocess.to_dict(),
-            "decision": {
-                "default_threshold": float(decision["default_threshold"]),
-                "per_recipe": {str(k): float(v) for k, v in (decision.get("per_recipe") or {}).items()},
-                "cost": dict(decision.get("cost") or {"false_reject": 1.0, "missed_defect": 1.0}),
-                "temperature": float(decision.get("temperature", 1.0)),
-                "rule": "reject when score >= threshold; score = softmax(logits / temperature)[positive_class]",
-                **({"notes": list(decision["notes"])} if decision.get("notes") else {}),
-            },
+            "decision": decision.to_dict(),
             "lineage": dict(lineage or {}),
             "evaluation": dict(evaluation or {}),
             "reference": ref_block,
@@ -276,7 +270,7 @@ def rebundle(
     *,
     atol: float | None = None,
     evaluation: Mapping[str, Any] | None = None,
-    decision: Mapping[str, Any] | None = None,
+    decision: Decision | None = None,
     version: str | None = None,
     tar: bool | None = None,
     overwrite: bool = False,
@@ -293,11 +287,10 @@ def rebundle(
     golden = GoldenBatch(g["images"], g["recipes"], g["labels"], str(b.meta.get("parity", {}).get("golden_source", "")))
     base_expected = {k[len("expected_"):]: v for k, v in g.items() if k.startswith("expected_")}
     actual = onnx_outputs(model_file, golden.inputs(b.preprocess))
-    dec = dict(decision) if decision is not None else dict(b.meta["decision"])
-    thresholds = np.array([dec.get("per_recipe", {}).get(str(r), dec["default_threshold"]) for r in golden.recipes])
+    dec = decision if decision is not None else b.decision
     tol = float(atol if atol is not None else b.meta.get("parity", {}).get("atol", 1e-4))
-    report = compare_outputs(base_expected, actual, thresholds, float(dec.get("temperature", 1.0)), b.positive_index,
-                             tol, "base-bundle")
+    report = compare_outputs(base_expected, actual, dec.thresholds_for(golden.recipes), dec.temperature,
+                             b.positive_index, tol, "base-bundle")
     ref = b.load_arrays(REFERENCE_FILE) if REFERENCE_FILE in b.meta["files"] else None
     reference = dict(b.meta.get("reference", {}))
     emb = actual.get("embedding")

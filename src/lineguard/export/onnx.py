@@ -13,16 +13,15 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lineguard.edge.bundle import (
-    INPUT_NAME,
-)
+from lineguard.edge.bundle import INPUT_NAME
+from lineguard.edge.runner import open_runner, run_batched
 from lineguard.export.parity import ExportError, GoldenBatch, ParityReport, compare_outputs, synthetic_golden
 from lineguard.preprocess import PreprocessParams
 
@@ -76,30 +75,12 @@ def torch_outputs(model: torch.nn.Module, inputs: np.ndarray, batch_size: int = 
     return {"logits": np.concatenate(logits), "embedding": np.concatenate(emb)}
 
 
-def onnx_runner(model_path: str | Path, threads: int = 0) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """One ONNX Runtime session over a file: ``run(batch) -> {output name: array}``."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-
-    def run(x: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, {INPUT_NAME: x}), strict=True))
-
-    return run
-
-
 def onnx_outputs(model_path: str | Path, inputs: np.ndarray, batch_size: int = 64, threads: int = 0) -> dict[str, np.ndarray]:
-    """(logits, embedding) of an ONNX file in ONNX Runtime for a preprocessed batch."""
-    run = onnx_runner(model_path, threads)
-    chunks: dict[str, list[np.ndarray]] = {}
-    for i in range(0, len(inputs), batch_size):
-        for n, out in run(inputs[i : i + batch_size]).items():
-            chunks.setdefault(n, []).append(out)
-    return {n: np.concatenate(c) for n, c in chunks.items()}
+    """(logits, embedding) of an ONNX file for a preprocessed batch, run by :func:`lineguard.edge.open_runner`.
+
+    ``threads=0`` uses every core (offline scoring); the outputs do not depend on it.
+    """
+    return run_batched(open_runner(model_path, "ort", threads), inputs, batch_size)
 
 
 @dataclass(frozen=True)

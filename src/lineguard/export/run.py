@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lineguard.edge.bundle import (
-    MODEL_FILE,
-)
+from lineguard.edge.bundle import MODEL_FILE
+from lineguard.edge.decision import Decision
+from lineguard.edge.runner import Runner, open_runner
 from lineguard.export.bundle import reference_statistics, write_bundle
-from lineguard.export.onnx import export_onnx, onnx_outputs, onnx_runner
+from lineguard.export.onnx import export_onnx, onnx_outputs
 from lineguard.export.parity import ExportError, ParityReport, compare_outputs, golden_batch
 from lineguard.preprocess import PreprocessParams, image_stats, preprocess_batch
 
@@ -34,16 +34,16 @@ class ExportResult:
 
     path: Path | str
     parity: ParityReport
-    decision: dict[str, Any]
+    decision: Decision
     evaluation: dict[str, Any]
     notes: list[str]
 
 
-def _batched(fn: Callable[[np.ndarray], dict[str, np.ndarray]], images: list[np.ndarray],
-             params: PreprocessParams, batch_size: int = 64) -> dict[str, np.ndarray]:
+def _batched(runner: Runner, images: list[np.ndarray], params: PreprocessParams,
+             batch_size: int = 64) -> dict[str, np.ndarray]:
     outs: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(images), batch_size):
-        for k, v in fn(preprocess_batch(images[i : i + batch_size], params)).items():
+        for k, v in runner.outputs(preprocess_batch(images[i : i + batch_size], params)).items():
             outs.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in outs.items()}
 
@@ -56,12 +56,12 @@ class _OnnxScorer:
     classes: tuple[str, ...]
     positive_class: str
     preprocess: PreprocessParams
-    path: Path
+    runner: Runner
 
     def margins(self, images: Sequence[np.ndarray]) -> np.ndarray:
         from lineguard.evaluate.scoring import margins_from_class_logits
 
-        logits = _batched(onnx_runner(self.path), list(images), self.preprocess)["logits"]
+        logits = _batched(self.runner, list(images), self.preprocess)["logits"]
         return margins_from_class_logits(logits, self.classes.index(self.positive_class))
 
 
@@ -88,7 +88,6 @@ def export(
     from lineguard import storage, tracking
     from lineguard.evaluate import evaluate_predictions
     from lineguard.evaluate import predict as score_split
-    from lineguard.evaluate.metrics import apply_temperature
     from lineguard.manifest import load_dataset
 
     say = progress or (lambda _msg: None)
@@ -116,7 +115,10 @@ def export(
         raise ExportError(f"run {run_id} has {len(classes)} classes; bundles support two (good vs defect) for now")
     if sorted(dataset.classes) != sorted(classes):
         raise ExportError(f"dataset '{data}' has classes {dataset.classes} but run {run_id} was trained on {classes}")
-    params = PreprocessParams.from_dict(meta["preprocess"] if "preprocess" in meta else config.preprocess.model_dump())
+    if "preprocess" not in meta:
+        raise ExportError(f"run {run_id} recorded no preprocessing parameters (model/model.json has no "
+                          "'preprocess'); the edge could not feed its model as it was trained -- retrain it")
+    params = PreprocessParams.from_dict(meta["preprocess"])
     pos_idx = classes.index(positive)
     ex = config.export
     golden = golden_batch(dataset, params, ex.golden_size, seed=0, classes=classes)
@@ -127,21 +129,19 @@ def export(
         exported = export_onnx(model, params, onnx_path, opset=ex.opset, golden=golden, atol=ex.atol,
                                positive_index=pos_idx)
 
-        run_onnx = onnx_runner(onnx_path)
+        run_onnx = open_runner(onnx_path, "ort", threads=0)
         say("evaluating the exported model: temperature and thresholds on val, metrics on test")
-        scorer = _OnnxScorer(f"run {run_id[:8]} (ONNX)", tuple(classes), positive, params, onnx_path)
+        scorer = _OnnxScorer(f"run {run_id[:8]} (ONNX)", tuple(classes), positive, params, run_onnx)
         val = score_split(scorer, dataset, "val", positive_class=positive)
         test = score_split(scorer, dataset, "test", positive_class=positive)
         result = evaluate_predictions(val, test, config.evaluate, source=scorer.name, dataset_version=dataset.version)
-        blocks = result.to_bundle_dict()
-        decision = {**blocks["decision"], "fitted_on": "val", "notes": list(result.notes)}
-        evaluation = {**blocks["evaluation"], "source": "lineguard.evaluate on the exported ONNX model"}
+        decision = result.decision
+        evaluation = {**result.headline(), "source": "lineguard.evaluate on the exported ONNX model"}
         notes += list(result.notes) + list(result.warnings)
         # the parity check again, now with the real temperature and thresholds
-        thresholds = np.array([decision["per_recipe"].get(str(r), decision["default_threshold"]) for r in golden.recipes])
         actual = onnx_outputs(onnx_path, golden.inputs(params))
-        parity = compare_outputs(exported.expected, actual, thresholds, decision["temperature"], pos_idx, ex.atol,
-                                 "torch-fp32")
+        parity = compare_outputs(exported.expected, actual, decision.thresholds_for(golden.recipes),
+                                 decision.temperature, pos_idx, ex.atol, "torch-fp32")
         if not parity.passed:
             raise ExportError(f"parity check failed with the fitted thresholds: {parity.to_dict()}")
 
@@ -151,17 +151,21 @@ def export(
             train_rows = train_rows.sample(n=ex.reference_images, random_state=0).sort_index()
         train_images = dataset.read_images(train_rows)
         train_out = _batched(run_onnx, train_images, params) if train_images else {"embedding": np.zeros((0, 0))}
-        val_scores = apply_temperature(val.margins, decision["temperature"]) if len(val) else None
+        val_scores = decision.scores_from_margins(val.margins) if len(val) else None
         val_class = np.where(val.labels == 1, pos_idx, 1 - pos_idx)
         reference, ref_arrays = reference_statistics(
             [image_stats(img) for img in train_images], train_out.get("embedding", np.zeros((0, 0))),
             val_scores, val_class, classes)
         reference["source"] = f"train split, {len(train_images)} images"
 
+        # The commit the run was trained at -- never this checkout's: an unknown commit stays empty, and says so.
+        git_commit = str(meta.get("git_commit") or record.tags.get(tracking.TAG_GIT_COMMIT) or "")
+        if not git_commit:
+            notes.append(f"run {run_id} recorded no git commit; lineage.git_commit is left empty")
         lineage = {
             "run_id": run_id,
             "dataset_version": str(meta.get("dataset_version") or record.dataset_version or ""),
-            "git_commit": str(meta.get("git_commit") or record.tags.get(tracking.TAG_GIT_COMMIT) or tracking.git_commit()),
+            "git_commit": git_commit,
             "model": str(meta.get("model", "")),
             "width": meta.get("width"),
             "export_dataset": str(data),

@@ -14,7 +14,7 @@ import numpy as np
 
 from lineguard import storage
 from lineguard.config import IngestConfig
-from lineguard.ingest.sources import _Entry, _Source
+from lineguard.ingest.sources import SourceFile, SourceScan
 from lineguard.preprocess import ImageDecodeError, decode_image
 
 _POOL_MIN_FILES = 256  # below this a process pool costs more than it saves
@@ -68,11 +68,11 @@ def _process_chunk(items: list[bytes], max_pixels: int) -> list[tuple[Any, ...]]
 
 
 def decode_all(
-    entries: list[_Entry], config: IngestConfig, src: _Source, on_step: Callable[[int], None]
-) -> list[tuple[_Entry, tuple[Any, ...]]]:
+    entries: list[SourceFile], config: IngestConfig, src: SourceScan, on_step: Callable[[int], None]
+) -> list[tuple[SourceFile, tuple[Any, ...]]]:
     """Read, decode, normalise and hash every entry, in order (deterministic with or without a pool)."""
 
-    def load(entry: _Entry) -> bytes | None:
+    def load(entry: SourceFile) -> bytes | None:
         if entry.data is not None:
             data, entry.data = entry.data, None
             return data
@@ -86,8 +86,8 @@ def decode_all(
             return None
         return data
 
-    def chunks() -> Iterator[tuple[list[_Entry], list[bytes]]]:
-        batch_e: list[_Entry] = []
+    def chunks() -> Iterator[tuple[list[SourceFile], list[bytes]]]:
+        batch_e: list[SourceFile] = []
         batch_d: list[bytes] = []
         for entry in entries:
             data = load(entry)
@@ -102,7 +102,7 @@ def decode_all(
         if batch_e:
             yield batch_e, batch_d
 
-    results: list[tuple[_Entry, tuple[Any, ...]]] = []
+    results: list[tuple[SourceFile, tuple[Any, ...]]] = []
     if config.workers < 2 or len(entries) < _POOL_MIN_FILES:
         for batch_e, batch_d in chunks():
             results.extend(zip(batch_e, _process_chunk(batch_d, config.max_pixels), strict=True))
@@ -112,7 +112,7 @@ def decode_all(
     import multiprocessing
     from concurrent.futures import Future, ProcessPoolExecutor
 
-    pending: deque[tuple[list[_Entry], Future[list[tuple[Any, ...]]]]] = deque()
+    pending: deque[tuple[list[SourceFile], Future[list[tuple[Any, ...]]]]] = deque()
     with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for batch_e, batch_d in chunks():
             pending.append((batch_e, pool.submit(_process_chunk, batch_d, config.max_pixels)))

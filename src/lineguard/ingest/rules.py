@@ -10,15 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lineguard.config import IngestConfig
+from lineguard.labels import SynonymMatcher, normalise_name
+from lineguard.labels import tokens as _tokens
 
-
-def normalise_name(name: str) -> str:
-    """Recipe/class id from a messy name: lower-case, runs of non-alphanumerics -> '_', trimmed."""
-    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
-
-
-def _tokens(name: str) -> list[str]:
-    return [t for t in re.split(r"[^0-9a-z]+", name.lower()) if t]
+__all__ = ["LabelRules", "LabelVotes", "normalise_name", "path_votes", "recipe_from_filename", "resolve", "safe_relpath"]
 
 
 def _stem(filename: str) -> str:
@@ -31,35 +26,13 @@ class LabelRules:
 
     def __init__(self, config: IngestConfig) -> None:
         self.config = config
-        table: list[tuple[tuple[str, ...], str]] = []
-        for cls, words in config.label_synonyms.items():
-            for word in {cls, *words}:
-                toks = tuple(_tokens(word))
-                if toks:
-                    table.append((toks, cls))
-        # Longest synonym first, so "not ok" is 'bad' and never the 'ok' inside it.
-        self._synonyms = sorted(set(table), key=lambda t: (-len(t[0]), t))
-        self._cache: dict[str, frozenset[str]] = {}
+        # Longest synonym first, so "not ok" is 'bad' and never the 'ok' inside it (lineguard.labels).
+        self._matcher = SynonymMatcher(config.label_synonyms)
         self._defects = sorted({normalise_name(d) for d in config.defect_types if normalise_name(d)}, key=lambda d: -len(d))
 
     def classes_in(self, name: str) -> set[str]:
         """Every class whose synonym appears as whole tokens in ``name``."""
-        cached = self._cache.get(name)
-        if cached is None:
-            cached = self._cache[name] = frozenset(self._classes_in(name))
-        return set(cached)
-
-    def _classes_in(self, name: str) -> set[str]:
-        toks, found, i = _tokens(name), set(), 0
-        while i < len(toks):
-            for syn, cls in self._synonyms:
-                if tuple(toks[i : i + len(syn)]) == syn:
-                    found.add(cls)
-                    i += len(syn)
-                    break
-            else:
-                i += 1
-        return found
+        return self._matcher.classes_in(name)
 
     def csv_label(self, cell: str) -> str | None:
         """A CSV label cell: a synonym maps to its class, any other non-empty value is used as a class."""
@@ -80,7 +53,7 @@ class LabelRules:
 
 
 @dataclass
-class _LabelVotes:
+class LabelVotes:
     """Label/recipe/defect candidates of one file, by source."""
 
     label: dict[str, set[str]] = field(default_factory=dict)  # source -> values
@@ -88,11 +61,11 @@ class _LabelVotes:
     defect: str = ""
 
 
-def path_votes(source_path: str, rules: LabelRules, class_folders: bool) -> _LabelVotes:
+def path_votes(source_path: str, rules: LabelRules, class_folders: bool) -> LabelVotes:
     """Label and recipe candidates from a file's folder names and file name."""
     parts = source_path.split("/")
     folders, filename = parts[:-1], parts[-1]
-    votes = _LabelVotes()
+    votes = LabelVotes()
     folder_labels: set[str] = set()
     for i, folder in enumerate(folders):
         found = rules.classes_in(folder)
@@ -124,7 +97,7 @@ def safe_relpath(raw: str) -> str | None:
 
 
 def resolve(
-    path: str, votes: _LabelVotes, table_rows: list[dict[str, str]], rules: LabelRules, config: IngestConfig
+    path: str, votes: LabelVotes, table_rows: list[dict[str, str]], rules: LabelRules, config: IngestConfig
 ) -> tuple[str | None, str | None, str, str, dict[str, Any] | None]:
     """(label, recipe, defect, label_source, conflict) for one file from all its sources."""
     label_votes = {k: set(v) for k, v in votes.label.items()}

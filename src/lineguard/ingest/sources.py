@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from lineguard import LineguardError, storage
 from lineguard.config import IngestConfig
-from lineguard.ingest.rules import LabelRules, _LabelVotes, normalise_name, safe_relpath
+from lineguard.ingest.rules import LabelRules, LabelVotes, normalise_name, safe_relpath
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _CSV_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -46,7 +46,7 @@ class IngestError(LineguardError):
 
 
 @dataclass
-class _Entry:
+class SourceFile:
     """One candidate file: where it came from and how to get its bytes."""
 
     source_path: str
@@ -55,12 +55,14 @@ class _Entry:
 
 
 @dataclass
-class _Source:
-    entries: list[_Entry] = field(default_factory=list)
+class SourceScan:
+    """Everything one scan of a source found: candidate files, label tables, rejections, notes."""
+
+    entries: list[SourceFile] = field(default_factory=list)
     tables: list[tuple[str, bytes]] = field(default_factory=list)  # (csv source path, bytes)
     rejected: list[dict[str, str]] = field(default_factory=list)
     hidden: int = 0
-    extra_votes: dict[str, _LabelVotes] = field(default_factory=dict)  # e.g. from Label Studio
+    extra_votes: dict[str, LabelVotes] = field(default_factory=dict)  # e.g. from Label Studio
     unlabelled: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -68,7 +70,7 @@ class _Source:
         self.rejected.append({"source_path": source_path, "reason": reason, "detail": detail})
 
 
-def _walk_local(root: str, src: _Source, config: IngestConfig) -> list[tuple[str, str]]:
+def _walk_local(root: str, src: SourceScan, config: IngestConfig) -> list[tuple[str, str]]:
     """(relpath, url) of every regular file under a local root; symlinks leaving it are refused."""
     real_root = os.path.realpath(root)
     found: list[tuple[str, str]] = []
@@ -111,7 +113,7 @@ def _walk_local(root: str, src: _Source, config: IngestConfig) -> list[tuple[str
     return found
 
 
-def _walk(url: str, src: _Source, config: IngestConfig) -> list[tuple[str, str]]:
+def _walk(url: str, src: SourceScan, config: IngestConfig) -> list[tuple[str, str]]:
     if storage.is_local(url):
         return _walk_local(storage.local_path(url), src, config)
     found = []
@@ -123,7 +125,7 @@ def _walk(url: str, src: _Source, config: IngestConfig) -> list[tuple[str, str]]
     return found
 
 
-def _read_archive(url: str, data: bytes, prefix: str, src: _Source, config: IngestConfig) -> None:
+def _read_archive(url: str, data: bytes, prefix: str, src: SourceScan, config: IngestConfig) -> None:
     """Add an archive's members as entries ``<prefix>/<member>``; unsafe members are refused."""
     name = url.lower()
     budget = config.max_archive_bytes
@@ -156,7 +158,7 @@ def _read_archive(url: str, data: bytes, prefix: str, src: _Source, config: Inge
         if safe.lower().endswith(".csv"):
             src.tables.append((rel, blob))
         else:
-            src.entries.append(_Entry(rel, data=blob))
+            src.entries.append(SourceFile(rel, data=blob))
 
     try:
         if name.endswith(".zip"):
@@ -190,7 +192,7 @@ def _read_archive(url: str, data: bytes, prefix: str, src: _Source, config: Inge
         src.reject(prefix or url, "corrupt_archive", str(exc))
 
 
-def open_source(src_url: str, config: IngestConfig, root: str | None = None) -> tuple[_Source, str]:
+def open_source(src_url: str, config: IngestConfig, root: str | None = None) -> tuple[SourceScan, str]:
     """List a source: its candidate files, label tables and refusals. Returns (source, kind)."""
     fs, path = storage.filesystem(src_url)
     try:
@@ -202,7 +204,7 @@ def open_source(src_url: str, config: IngestConfig, root: str | None = None) -> 
         is_file = True
     if not is_dir and not is_file:
         raise IngestError(f"source '{src_url}' does not exist; expected a folder, archive, CSV or Label Studio export")
-    src = _Source()
+    src = SourceScan()
     lower = src_url.lower().rstrip("/")
     if is_dir:
         for rel, url in _walk(src_url, src, config):
@@ -242,7 +244,7 @@ def _read_limited(url: str, limit: int) -> bytes:
     return storage.read_bytes(url)
 
 
-def _add_file(rel: str, url: str, src: _Source, config: IngestConfig) -> None:
+def _add_file(rel: str, url: str, src: SourceScan, config: IngestConfig) -> None:
     if _is_archive(rel):
         try:
             data = _read_limited(url, config.max_archive_bytes)
@@ -253,10 +255,10 @@ def _add_file(rel: str, url: str, src: _Source, config: IngestConfig) -> None:
     elif rel.lower().endswith(".csv"):
         src.tables.append((rel, storage.read_bytes(url)))
     else:
-        src.entries.append(_Entry(rel, url=url))
+        src.entries.append(SourceFile(rel, url=url))
 
 
-def _add_labelstudio(src_url: str, root: str, src: _Source, config: IngestConfig) -> None:
+def _add_labelstudio(src_url: str, root: str, src: SourceScan, config: IngestConfig) -> None:
     """Label Studio export: labelled records from :func:`lineguard.labelstudio.parse_export`."""
     from lineguard.labelstudio import KEPT_PROBLEM_KINDS, parse_export
 
@@ -276,7 +278,7 @@ def _add_labelstudio(src_url: str, root: str, src: _Source, config: IngestConfig
             continue
         if not _add_checked_relpath(root, rel, src):
             continue
-        votes = _LabelVotes(defect=normalise_name(record.defect_type or ""))
+        votes = LabelVotes(defect=normalise_name(record.defect_type or ""))
         if record.label:
             votes.label["labelstudio"] = {record.label}
         if record.recipe:
@@ -284,7 +286,7 @@ def _add_labelstudio(src_url: str, root: str, src: _Source, config: IngestConfig
         src.extra_votes[rel] = votes
 
 
-def _add_checked_relpath(root: str, rel: str, src: _Source) -> bool:
+def _add_checked_relpath(root: str, rel: str, src: SourceScan) -> bool:
     """Add ``root/rel`` as an entry if it is a file inside root (symlinks resolved locally)."""
     url = storage.join(root, rel)
     if storage.is_local(url):
@@ -299,11 +301,11 @@ def _add_checked_relpath(root: str, rel: str, src: _Source) -> bool:
     elif not storage.exists(url):
         src.reject(rel, "missing", "listed but not found")
         return False
-    src.entries.append(_Entry(rel, url=url))
+    src.entries.append(SourceFile(rel, url=url))
     return True
 
 
-def _parse_table(name: str, data: bytes, rules: LabelRules, src: _Source) -> dict[str, list[dict[str, str]]]:
+def _parse_table(name: str, data: bytes, rules: LabelRules, src: SourceScan) -> dict[str, list[dict[str, str]]]:
     """Rows of a label CSV keyed by the file path they name, relative to the source root."""
     try:
         text = data.decode("utf-8-sig")
@@ -346,7 +348,7 @@ def _parse_table(name: str, data: bytes, rules: LabelRules, src: _Source) -> dic
 
 
 
-def label_tables(source: _Source, kind: str, rules: LabelRules) -> dict[str, list[dict[str, str]]]:
+def label_tables(source: SourceScan, kind: str, rules: LabelRules) -> dict[str, list[dict[str, str]]]:
     """Every CSV row keyed by the source path it labels; rows naming no file are reported as missing.
 
     For a CSV source (``kind`` ``csv:<root>``) the files it lists become the entries.

@@ -16,6 +16,7 @@ Only this package knows Label Studio's formats; no Label Studio package is neede
 ``annotations`` the way back, ``urls`` the URL-to-file resolution.
 """
 
+from lineguard.labels import normalise_name
 from lineguard.labelstudio.annotations import (
     KEPT_PROBLEM_KINDS,
     PROBLEM_KINDS,
@@ -33,7 +34,6 @@ from lineguard.labelstudio.format import (
     label_reader,
     labelling_config,
     normalise_label,
-    normalise_name,
 )
 from lineguard.labelstudio.tasks import ExportSummary, Predictor, bundle_predictor, default_root, export_tasks
 from lineguard.labelstudio.urls import UnresolvableImage, resolve_image_url

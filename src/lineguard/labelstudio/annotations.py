@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from lineguard import storage
+from lineguard.labels import normalise_name
 from lineguard.labelstudio.format import (
     DEFECT_TAG,
     LABEL_TAG_ALIASES,
@@ -20,7 +21,6 @@ from lineguard.labelstudio.format import (
     LabelStudioError,
     default_synonyms,
     label_reader,
-    normalise_name,
 )
 from lineguard.labelstudio.urls import UnresolvableImage, resolve_image_url
 

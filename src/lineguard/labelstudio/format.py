@@ -5,10 +5,10 @@ Shared by :mod:`.tasks` (tasks out) and :mod:`.annotations` (annotations back in
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from lineguard import LineguardError
+from lineguard.labels import SynonymMatcher
 
 CONFIG_FILENAME = "labelling-config.xml"
 LOCAL_FILES_PATH = "/data/local-files/"
@@ -36,27 +36,19 @@ class LabelStudioError(LineguardError):
     """A Label Studio file cannot be written or read."""
 
 
-def normalise_name(value: str) -> str:
-    """Recipe / defect id from a messy name: lower-case, runs of non-alphanumerics to '_'."""
-    return re.sub(r"[^a-z0-9]+", "_", str(value).strip().lower()).strip("_")
-
-
 def label_reader(synonyms: Mapping[str, Sequence[str]]) -> Callable[[str], str | None]:
     """``read(value) -> class or None``: ingest's own label rules over these synonyms.
 
     A value means a class when synonyms of exactly one class appear in it as whole words,
     longest synonym first (``"OK"``, ``"OK parts"`` -> good; ``"not ok"`` -> bad; ``"ok or
-    ng"``, ``"maybe"`` -> None). Using :class:`lineguard.ingest.rules.LabelRules` keeps
-    folder names, CSV cells and Label Studio choices read the same way.
+    ng"``, ``"maybe"`` -> None). :class:`lineguard.labels.SynonymMatcher` is the matcher
+    ingest's label rules use, so folder names, CSV cells and Label Studio choices read the
+    same way.
     """
-    from lineguard.config import IngestConfig
-    from lineguard.ingest.rules import LabelRules
-
-    config = IngestConfig(label_synonyms={str(k): [str(w) for w in v] for k, v in synonyms.items()})
-    rules = LabelRules(config)
+    matcher = SynonymMatcher({str(k): [str(w) for w in v] for k, v in synonyms.items()})
 
     def read(value: str) -> str | None:
-        found = rules.classes_in(str(value))
+        found = matcher.classes_in(str(value))
         return found.pop() if len(found) == 1 else None
 
     return read

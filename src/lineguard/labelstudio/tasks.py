@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lineguard import storage
+from lineguard.labels import normalise_name
 from lineguard.labelstudio.format import (
     CONFIG_FILENAME,
     DEFECT_TYPES,
@@ -23,7 +24,6 @@ from lineguard.labelstudio.format import (
     default_synonyms,
     label_reader,
     labelling_config,
-    normalise_name,
 )
 
 
