@@ -19,15 +19,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lineguard import LineguardError
+
 if TYPE_CHECKING:
     from lineguard.config import LineguardConfig
     from lineguard.manifest import Dataset
 
-# Below this many train images a second candidate recipe is not worth its share of the budget.
 TILE_SIDE = 128  # pixels of one tile: enough context for a crack or a spot, cheap to score in a batch
 MAX_TILES = 16  # tiles per image: what two CPU cores can train on in a few minutes
 GREY_TOLERANCE = 3.0  # mean |channel - luma| (0-255) under which an image counts as grey
 SYMMETRY_TOLERANCE = 0.02  # mean |M - g(M)| of the mean image (0-1 scale) under which g counts as a symmetry
+
+
+class ProfileError(LineguardError):
+    """The dataset cannot be profiled (no train split, an unreadable image)."""
 
 
 @dataclass(frozen=True)
@@ -135,12 +140,11 @@ def _is_grey(img: np.ndarray) -> bool:
 
 def _read(dataset: Dataset, path: str) -> np.ndarray:
     from lineguard.preprocess import ImageDecodeError
-    from lineguard.train import TrainError
 
     try:
         return dataset.read_image(path)
     except ImageDecodeError as exc:
-        raise TrainError(f"dataset '{dataset.root}': image '{path}' cannot be decoded ({exc})") from None
+        raise ProfileError(f"dataset '{dataset.root}': image '{path}' cannot be decoded ({exc})") from None
 
 
 def profile_dataset(dataset: Dataset, sample: int = 200, seed: int = 0) -> DatasetProfile:
@@ -148,9 +152,7 @@ def profile_dataset(dataset: Dataset, sample: int = 200, seed: int = 0) -> Datas
     ``sample`` decoded images (seeded, so the same dataset always gives the same profile)."""
     rows = dataset.split("train")
     if len(rows) == 0:
-        from lineguard.train import TrainError
-
-        raise TrainError(f"dataset '{dataset.root}' has no train split rows; re-ingest it with splits")
+        raise ProfileError(f"dataset '{dataset.root}' has no train split rows; re-ingest it with splits")
     widths, heights = rows["width"].to_numpy(np.int64), rows["height"].to_numpy(np.int64)
     aspects = widths / np.maximum(1, heights)
     rng = np.random.default_rng(seed)

@@ -554,9 +554,12 @@ def train(
 
 def auto_recipe(config: LineguardConfig, dataset: Dataset, console: Console) -> tuple[LineguardConfig, Recipe]:
     """Profile ``dataset`` and derive the training recipe (``train.recipe: auto``); prints each choice and why."""
-    from lineguard.profile import derive_recipe, profile_dataset
+    from lineguard.profile import ProfileError, derive_recipe, profile_dataset
 
-    profile = profile_dataset(dataset, seed=config.train.seed)
+    try:
+        profile = profile_dataset(dataset, seed=config.train.seed)
+    except ProfileError as exc:
+        raise TrainError(str(exc)) from None
     config, recipe = derive_recipe(profile, config)
     console.print(f"[bold]recipe: auto[/] ({profile.train_images} train images, classes {profile.class_counts}, "
                   f"{len(profile.recipes)} recipe(s)); set any key to override:", highlight=False)
