@@ -321,8 +321,8 @@ def open_source(
         is_file = not is_dir and bool(fs.isfile(path))
     except Exception as exc:  # network or permission trouble from any backend
         raise IngestError(f"cannot reach source '{src_url}': {exc}") from None
-    if storage.is_local(src_url) and os.path.islink(storage.local_path(src_url).rstrip("/")) and not is_dir:
-        is_file = True
+    if storage.is_local(src_url) and not is_dir and os.path.lexists(storage.local_path(src_url).rstrip("/")):
+        is_file = True  # a link or a special file: the read below refuses anything that is not a regular file
     if not is_dir and not is_file:
         raise IngestError(f"source '{src_url}' does not exist; expected a folder, archive, CSV or Label Studio export")
     src = _Source()
@@ -398,10 +398,14 @@ def _add_file(rel: str, url: str, src: _Source, config: IngestConfig, scratch: _
 
 def _add_labelstudio(src_url: str, root: str, src: _Source, config: IngestConfig) -> None:
     """Label Studio export: labelled records from :func:`lineguard.labelstudio.parse_export`."""
-    from lineguard.labelstudio import KEPT_PROBLEM_KINDS, parse_export
+    from lineguard.labelstudio import KEPT_PROBLEM_KINDS, LabelStudioError, parse_export
 
-    parsed = parse_export(src_url, root, label_synonyms=config.label_synonyms, positive_class=config.positive_class,
-                          max_bytes=config.max_table_bytes, max_depth=config.max_json_depth)
+    try:
+        parsed = parse_export(src_url, root, label_synonyms=config.label_synonyms,
+                              positive_class=config.positive_class, max_bytes=config.max_table_bytes,
+                              max_depth=config.max_json_depth)
+    except LabelStudioError as exc:
+        raise IngestError(str(exc)) from None
     for problem in parsed.problems:
         where = problem.image_url or f"task {problem.task_id}"
         if problem.kind in KEPT_PROBLEM_KINDS:
