@@ -156,6 +156,10 @@ def _check_out(src: str, out: str) -> None:
         raise IngestError(f"the source '{src}' is inside --out '{out}'; write the dataset somewhere else")
 
 
+def _split_rank(split: str) -> int:
+    return _SPLIT_PRIORITY.index(split) if split in _SPLIT_PRIORITY else 0
+
+
 def _split_folder(path: str) -> tuple[str, str]:
     """(user split, rest of the path) when the path starts with a split folder, else ("", path)."""
     head, _, rest = path.partition("/")
@@ -211,7 +215,8 @@ def _collapse_duplicates(
         by_id[img.image_id].append(img)
     kept: list[_Image] = []
     for image_id in sorted(by_id):
-        copies = sorted(by_id[image_id], key=lambda i: (i.source_path.lower(), i.source_path))
+        # The copy kept is the one in the user's first split (train, val, test), then by path.
+        copies = sorted(by_id[image_id], key=lambda i: (_split_rank(i.user_split), i.source_path.lower(), i.source_path))
         labelled = [c for c in copies if c.label]
         if image_id in conflict_ids or len({(c.label, c.recipe) for c in labelled}) > 1:
             seen = sorted({f"{x.label}/{x.recipe}" for x in labelled})
