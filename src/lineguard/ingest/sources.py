@@ -8,6 +8,7 @@ absolute or ``..`` paths, links inside archives, nested archives, oversized file
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import lzma
 import os
@@ -20,7 +21,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from lineguard import LineguardError, storage
 from lineguard.config import IngestConfig
@@ -159,7 +160,7 @@ class _Scratch:
         self.budget = config.max_unpacked_bytes
         self._n = 0
 
-    def unpack(self, stream: BinaryIO) -> tuple[str | None, str, str]:
+    def unpack(self, stream: IO[bytes]) -> tuple[str | None, str, str]:
         """Copy one member out: (path, "", "") or (None, reason, detail) when it is refused."""
         limit = self.config.max_file_bytes
         path = os.path.join(self.folder, f"{self._n:08d}")
@@ -206,7 +207,7 @@ def _read_archive(url: str, prefix: str, src: _Source, config: IngestConfig, scr
     name = url.lower()
     where = prefix or url
 
-    def add(member: str, open_member: Callable[[], BinaryIO | None], size: int, kind_ok: bool, kind: str) -> None:
+    def add(member: str, open_member: Callable[[], IO[bytes] | None], size: int, kind_ok: bool, kind: str) -> None:
         member = display_name(member)
         safe = safe_relpath(member)
         if safe is None:
@@ -267,7 +268,7 @@ def _read_archive(url: str, prefix: str, src: _Source, config: IngestConfig, scr
         src.reject(where, "corrupt_archive", f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
-_Add = Callable[[str, Callable[[], "BinaryIO | None"], int, bool, str], None]
+_Add = Callable[[str, Callable[[], "IO[bytes] | None"], int, bool, str], None]
 
 
 def _read_zip(f: BinaryIO, where: str, add: _Add, src: _Source, config: IngestConfig) -> None:
@@ -285,7 +286,7 @@ def _read_zip(f: BinaryIO, where: str, add: _Add, src: _Source, config: IngestCo
                            "encrypted archive members are refused (unpack it with its password first)")
                 continue
             is_link = stat.S_ISLNK(info.external_attr >> 16)
-            add(info.filename, lambda info=info: zf.open(info), info.file_size, not is_link, "symlink_in_archive")
+            add(info.filename, functools.partial(zf.open, info), info.file_size, not is_link, "symlink_in_archive")
 
 
 def _read_tar(f: BinaryIO, where: str, add: _Add, src: _Source, config: IngestConfig) -> None:
@@ -295,7 +296,7 @@ def _read_tar(f: BinaryIO, where: str, add: _Add, src: _Source, config: IngestCo
             member = tf.next()
             if member is None:
                 break
-            tf.members.clear()  # tarfile keeps every header it has read; 300k empty members would pile up
+            tf.members.clear()  # type: ignore[attr-defined]  # tarfile keeps every header it has read; 300k empty members would pile up
             seen += 1
             if seen > config.max_archive_members:
                 src.reject(where, "too_many_members", f"more than ingest.max_archive_members "
@@ -304,7 +305,7 @@ def _read_tar(f: BinaryIO, where: str, add: _Add, src: _Source, config: IngestCo
             if member.isdir():
                 continue
             kind = "symlink_in_archive" if (member.issym() or member.islnk()) else "not_a_file"
-            add(member.name, lambda member=member: tf.extractfile(member), member.size, member.isfile(), kind)
+            add(member.name, functools.partial(tf.extractfile, member), member.size, member.isfile(), kind)
 
 
 def open_source(
