@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lineguard import LineguardError, __version__
 from lineguard.config import LineguardConfig, load_config
+
+if TYPE_CHECKING:
+    from lineguard.edge.bundle import Bundle, BundleLimits
+    from lineguard.edge.signing import Trust
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -37,7 +42,7 @@ data_app = typer.Typer(help="Data: make the toy dataset, ingest messy photos, va
                        no_args_is_help=True)
 label_app = typer.Typer(help="Labelling: round trip with Label Studio.", no_args_is_help=True)
 runs_app = typer.Typer(help="Tracked training runs (MLflow): list and show.", no_args_is_help=True)
-bundle_app = typer.Typer(help="Bundles (the deployable model folder): verify and inspect.", no_args_is_help=True)
+bundle_app = typer.Typer(help="Bundles (the deployable model folder): verify, inspect, sign.", no_args_is_help=True)
 config_app = typer.Typer(help="The config file (lineguard.yaml): show the resolved config.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(label_app, name="label")
@@ -719,6 +724,34 @@ def compress_command(
 
 
 BundleArg = Annotated[Path, typer.Argument(help="A bundle folder or .tar.gz (made by: lineguard export).")]
+TrustKeyOpt = Annotated[list[Path] | None, typer.Option(
+    "--trust-key", help="Public key (PEM, ed25519) trusted to sign bundles; with one given, an unsigned or "
+    "wrongly signed bundle is refused (repeatable; adds to trust.keys).")]
+DigestOpt = Annotated[str | None, typer.Option(
+    "--digest", help="Load only the bundle with this digest (sha256:..., see `lineguard bundle info`).")]
+
+
+def _trust(cfg: LineguardConfig, keys: list[Path] | None, digest: str | None) -> Trust:
+    """The edge's trust settings: config ``trust`` plus the command line."""
+    from lineguard.edge.signing import trust_from
+
+    return trust_from([*cfg.trust.keys, *(keys or [])], digest or cfg.trust.digest)
+
+
+def _bundle_limits(cfg: LineguardConfig) -> BundleLimits:
+    from lineguard.edge.bundle import BundleLimits
+
+    lim = cfg.limits
+    return BundleLimits(max_json_bytes=lim.max_bundle_json_bytes, max_files=lim.max_bundle_files,
+                        max_bytes=lim.max_bundle_bytes)
+
+
+def _load_trusted(bundle: Path, cfg: LineguardConfig, keys: list[Path] | None, digest: str | None,
+                  check_model: bool = True) -> Bundle:
+    """Load a bundle as the edge does: bounded, and only if trusted (config ``trust`` + command line)."""
+    from lineguard.edge import load_bundle
+
+    return load_bundle(bundle, check_model, trust=_trust(cfg, keys, digest), limits=_bundle_limits(cfg))
 
 
 @bundle_app.command("verify")
@@ -726,8 +759,13 @@ def bundle_verify(
     bundle: BundleArg,
     threads: Annotated[int, typer.Option(help="Runtime threads for the parity re-check.")] = 1,
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    trust_key: TrustKeyOpt = None,
+    digest: DigestOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Check a bundle: file hashes, schema, the ONNX model loads, golden-batch parity re-run here.
+    """Check a bundle: integrity of bundle.json, file hashes, schema, the signature (with trusted keys),
+    the ONNX model loads, golden-batch parity re-run here.
 
     Exits 1 if anything fails, so it can guard a deployment script.
     """
@@ -736,16 +774,20 @@ def bundle_verify(
     from lineguard.edge import BundleError
     from lineguard.edge.predictor import verify_bundle
 
+    cfg = resolve_config(config, set_)
     try:
-        report = verify_bundle(bundle, threads=threads)
+        b = _load_trusted(bundle, cfg, trust_key, digest)
+        report = verify_bundle(b, threads=threads)
+        report["digest"], report["signed_by"] = b.digest, b.signed_by
     except BundleError as exc:
         err_console.print(f"[bold red]bundle verify FAILED:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
     if json_:
         console.print_json(json.dumps(report))
         return
-    console.print(f"[green]OK[/] {bundle}: {report['files']} files match their sha256, schema ok, ONNX loads", highlight=False,
-                  soft_wrap=True)
+    signed = f", signed by {report['signed_by']}" if report.get("signed_by") else ""
+    console.print(f"[green]OK[/] {bundle}: {report['files']} files match their sha256, bundle.json intact, "
+                  f"schema ok, ONNX loads{signed}; digest {report['digest']}", highlight=False, soft_wrap=True)
     console.print(f"parity on {report['n']} golden images: max |logit diff| {report['max_abs_logit_diff']:.1e} "
                   f"(tolerance {report['atol']:g}), decisions agree {report['decision_agreement']:.0%}", highlight=False,
                   soft_wrap=True)
@@ -763,7 +805,7 @@ def bundle_info(
 
     b = load_bundle(bundle, check_model=False)
     if json_:
-        console.print_json(json.dumps({**b.meta, "size_bytes": b.size_bytes}))
+        console.print_json(json.dumps({**b.meta, "size_bytes": b.size_bytes, "digest": b.digest}))
         return
     m, d, pp = b.meta["model"], b.decision, b.preprocess
     ev, lin = b.meta.get("evaluation", {}), b.meta.get("lineage", {})
@@ -792,7 +834,38 @@ def bundle_info(
                      f"(tolerance {par.get('atol')}), decisions agree {par.get('decision_agreement', 0):.0%} "
                      f"on {par.get('n')} golden images")
     lines.append("files      " + ", ".join(f"{k} {v[:12]}" for k, v in b.meta["files"].items()))
+    lines.append(f"digest     {b.digest}  (pin it with trust.digest or --digest)")
     console.print("\n".join(lines), highlight=False, soft_wrap=True)
+
+
+@bundle_app.command("sign")
+def bundle_sign(
+    bundle: BundleArg,
+    key: Annotated[Path, typer.Option("--key", "-k", help="ed25519 private key (PEM), made by `lineguard bundle keygen`.")],
+) -> None:
+    """Sign a bundle: writes bundle.sig.json (an ed25519 signature over the bundle digest) into it.
+
+    The bundle is verified first. An edge configured with the matching public key
+    (trust.keys or --trust-key) then loads this bundle and refuses unsigned or altered ones.
+    Example:  lineguard bundle sign bundles/cones --key release.pem
+    """
+    from lineguard.export.bundle import sign_bundle
+
+    doc = sign_bundle(bundle, key)
+    console.print(f"[green]signed[/] {bundle}: digest {doc['digest']}, key {doc['key_id']}", highlight=False,
+                  soft_wrap=True)
+
+
+@bundle_app.command("keygen")
+def bundle_keygen(
+    out: Annotated[Path, typer.Argument(help="Private key file to write (PEM); the public key goes to OUT.pub.")],
+) -> None:
+    """Make an ed25519 key pair for signing bundles. Keep the private key off the edge; give the edge OUT.pub."""
+    from lineguard.edge.signing import generate_keypair, key_id, load_public_key
+
+    private, public = generate_keypair(out)
+    console.print(f"private key {private} (keep it secret), public key {public} "
+                  f"(key id {key_id(load_public_key(public))})", highlight=False, soft_wrap=True)
 
 
 @app.command("predict")
@@ -803,24 +876,35 @@ def predict(
         "Recipe of the items: selects its threshold (default threshold if omitted or unknown)."))] = None,
     threads: Annotated[int, typer.Option(help="Runtime threads.")] = 1,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object per image.")] = False,
+    trust_key: TrustKeyOpt = None,
+    digest: DigestOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Decide image files with a bundle (the edge runtime: no torch). Exits 1 if any file failed."""
+    """Decide image files with a bundle (the edge runtime: no torch). Exits 1 if any file failed.
+
+    A file that cannot be read or decoded, or whose score is not finite, is an error for
+    that file (never a decision); files are read under limits.max_image_bytes / max_pixels.
+    """
     import json
 
-    from lineguard.edge import ImageFileError, Predictor
+    from lineguard.edge import Predictor
+    from lineguard.edge.predictor import ItemError
 
-    predictor = Predictor(bundle, threads=threads)
+    cfg = resolve_config(config, set_)
+    predictor = Predictor(_load_trusted(bundle, cfg, trust_key, digest), threads=threads)
     failed = 0
     for path in images:
         try:
-            pred = predictor.predict_file(path, recipe)
-        except ImageFileError as exc:
+            pred = predictor.predict_file(path, recipe, max_bytes=cfg.limits.max_image_bytes,
+                                          max_pixels=cfg.limits.max_pixels)
+        except ItemError as exc:
             failed += 1
             if json_:
                 console.print(json.dumps({"file": str(path), "error": str(exc), "reason": exc.reason}),
                               highlight=False, markup=False, soft_wrap=True)
             else:
-                err_console.print(f"[red]error[/] {exc}", highlight=False)
+                err_console.print(f"[red]error[/] {escape(str(exc))}", highlight=False)
             continue
         if json_:
             console.print(json.dumps({"file": str(path), **pred.to_dict()}), highlight=False, markup=False,
@@ -842,21 +926,28 @@ def bench(
     batch: Annotated[int, typer.Option(help="Images per call.")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed calls per measurement.")] = 500,
     warmup: Annotated[int, typer.Option(help="Untimed calls before each measurement.")] = 50,
-    frame_size: Annotated[str | None, typer.Option(help="Frame size HxW fed to preprocessing (default 2x input).")] = None,
+    frame_size: Annotated[str | None, typer.Option(help="Frame size HxW fed to preprocessing (default 2x input; "
+                                                        "each side 8..8192, at most limits.max_pixels).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the full JSON result.")] = False,
+    trust_key: TrustKeyOpt = None,
+    digest: DigestOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Measure latency (median/p90/p99/mean) and throughput in a fresh process, with and without preprocessing."""
     import json
 
-    from lineguard.edge.bench import bench_in_subprocess
+    from lineguard.edge.bench import bench_in_subprocess, check_frame_size
 
+    cfg = resolve_config(config, set_)
     size = None
     if frame_size:
         try:
             h, w = (int(v) for v in frame_size.lower().split("x"))
         except ValueError:
             raise LineguardError(f"--frame-size must look like 256x256, got '{frame_size}'") from None
-        size = (h, w)
+        size = check_frame_size((h, w), cfg.limits.max_pixels)
+    _load_trusted(bundle, cfg, trust_key, digest, check_model=False)  # the model is only run if it is trusted
     result = bench_in_subprocess(bundle, threads, backend, batch, repeats, warmup, size)
     if json_:
         console.print_json(json.dumps(result))

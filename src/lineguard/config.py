@@ -12,24 +12,74 @@ parsed as YAML scalars/lists (``[128,128]``, ``true``, ``1e-3``).
 from __future__ import annotations
 
 import difflib
+import reprlib
+import types
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from lineguard import LineguardError
 
 CONFIG_FILENAME = "lineguard.yaml"
 RecipeSource = Literal["csv", "top_folder", "filename"]
+# A config file is a few KB; these caps keep a hostile one ("billion laughs": a few
+# hundred bytes of nested aliases that expand to billions of nodes) from costing
+# memory or time, here or in an error message that would print the expanded value.
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_NODES = 100_000
 
 
 class ConfigError(LineguardError):
     """The config file or an override is invalid."""
 
 
+def _is_number_type(annotation: Any) -> bool:
+    """True when ``annotation`` expects a number somewhere (int, float, or a container or union of them)."""
+    if annotation in (int, float):
+        return True
+    return any(_is_number_type(a) for a in get_args(annotation) if a is not Ellipsis)
+
+
+def _holds_bool_where_number(annotation: Any, value: Any) -> bool:
+    """True when ``value`` puts a bool where ``annotation`` wants an int or float.
+
+    pydantic (like Python) takes ``true`` as 1 for an int field, so ``train.epochs=true``
+    would quietly train one epoch; a bool is never a number in a LineGuard config.
+    """
+    if annotation is bool or annotation is Any:
+        return False
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = get_args(annotation)
+        if bool in options:
+            return False
+        return any(_holds_bool_where_number(a, value) for a in options if a is not type(None))
+    if isinstance(value, bool):
+        return _is_number_type(annotation)
+    args = [a for a in get_args(annotation) if a is not Ellipsis]
+    if origin in (list, tuple, set, frozenset) and isinstance(value, list | tuple):
+        if origin is tuple and len(args) == len(value) and len(args) > 1:
+            return any(_holds_bool_where_number(a, v) for a, v in zip(args, value, strict=True))
+        return bool(args) and any(_holds_bool_where_number(args[0], v) for v in value)
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        return any(_holds_bool_where_number(args[1], v) for v in value.values())
+    return False
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """A config section: frozen, unknown keys refused, no NaN/inf floats, no bools as numbers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _holds_bool_where_number(field.annotation, value):
+            raise ValueError("expects a number, not a boolean")
+        return value
 
 
 # --- data -------------------------------------------------------------------------------
@@ -85,7 +135,20 @@ class IngestConfig(_Section):
     max_pixels: int = Field(40_000_000, ge=1, description="larger images are refused (decompression bombs)")
     max_file_bytes: int = Field(200_000_000, ge=1, description="larger files (and archive members) are refused")
     max_archive_bytes: int = Field(
-        4_000_000_000, ge=1, description="largest archive read, and largest total of its unpacked members"
+        4_000_000_000, ge=1, description="largest archive file read (it is streamed, never held in memory)"
+    )
+    max_unpacked_bytes: int = Field(
+        8_000_000_000, ge=1, description="decompression budget of one source: the total unpacked size of all "
+        "its archive members (zip bombs); members are unpacked to a private temp folder, one at a time",
+    )
+    max_archive_members: int = Field(
+        200_000, ge=1, description="members one archive may hold (entries beyond it are refused)"
+    )
+    max_table_bytes: int = Field(
+        200_000_000, ge=1, description="largest labels CSV or Label Studio JSON export read"
+    )
+    max_json_depth: int = Field(
+        64, ge=2, le=1000, description="deepest nesting accepted in a Label Studio JSON export"
     )
     near_duplicate_bits: int = Field(
         8, ge=0, le=32, description="near duplicates: at most this many of the 64 perceptual-hash bits differ..."
@@ -94,7 +157,12 @@ class IngestConfig(_Section):
         3.5, ge=0.0, le=255.0, description="...and their 16x16 colour thumbnails differ by at most this (0-255 scale)"
     )
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
-    balance_test: bool = Field(True, description="downsample the majority class of the test split per recipe")
+    balance_test: bool = Field(True, description="downsample the majority class of the test split per recipe "
+                               "(a test split the user gave is kept as given)")
+    user_split: Literal["auto", "ignore"] = Field(
+        "auto", description="auto: a split the source gives (train/ val/ test/ folders above the class folders, "
+        "or a split column in the labels CSV) is kept; ignore: always split by group and seed",
+    )
     workers: int = Field(2, ge=0, le=64, description="processes decoding and hashing images; 0 = in-process")
     seed: int = 0
 
@@ -364,6 +432,42 @@ class CompressConfig(_Section):
     rounds: int = Field(5, ge=1, description="repeats are split over this many interleaved fresh subprocesses")
 
 
+class LimitsConfig(_Section):
+    """What the edge, ``predict``, ``bench`` and the bundle loader read at most (docs/security.md).
+
+    Ingest's own limits are in the ``ingest`` section. The defaults are the edge
+    runtime's own (``lineguard.edge.bundle.BundleLimits``); a test keeps them equal.
+    """
+
+    max_bundle_json_bytes: int = Field(10_000_000, ge=1_000, description="largest bundle.json read")
+    max_bundle_files: int = Field(64, ge=2, description="most files (or archive members) a bundle may hold")
+    max_bundle_bytes: int = Field(2_000_000_000, ge=1, description="largest total size of a bundle's files")
+    max_image_bytes: int = Field(200_000_000, ge=1, description="largest image file `predict` reads")
+    max_pixels: int = Field(40_000_000, ge=1, description="largest image `predict` decodes, and largest bench frame")
+
+
+class TrustConfig(_Section):
+    """Which bundles the edge may load (docs/deployment.md, "Signing bundles").
+
+    With ``keys`` set, a bundle must carry a valid ed25519 signature by one of them, or it
+    is refused, with no fallback. ``digest`` pins one bundle (``sha256:...`` as printed
+    by ``lineguard bundle info``).
+    """
+
+    keys: list[str] = Field(default_factory=list, description="public key files (PEM, ed25519) trusted to sign bundles")
+    digest: str | None = Field(None, description="load only the bundle with this digest (sha256:<64 hex>)")
+
+    @field_validator("digest")
+    @classmethod
+    def _check_digest(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        hexpart = value.removeprefix("sha256:")
+        if len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+            raise ValueError("trust.digest must be sha256:<64 lower-case hex digits>")
+        return f"sha256:{hexpart}"
+
+
 class LineguardConfig(_Section):
     """The whole config: one section per lifecycle stage."""
 
@@ -379,6 +483,8 @@ class LineguardConfig(_Section):
     gate: GateConfig = GateConfig()
     export: ExportConfig = ExportConfig()
     compress: CompressConfig = CompressConfig()
+    limits: LimitsConfig = LimitsConfig()
+    trust: TrustConfig = TrustConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (what is saved with every run)."""
@@ -417,6 +523,53 @@ def _check_keys(data: Any, model: type[BaseModel], where: str) -> None:
             raise ConfigError(f"'{path}' is a value, not a section; set it as {path}=VALUE")
 
 
+class _CappedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a cap on the nodes a document expands to (aliases counted each time)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        return super().construct_document(node)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand past MAX_YAML_NODES (counted without expanding it)."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        kids: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            kids = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            kids = [n for pair in node.value for n in pair]
+        if children_done or not kids:
+            total = 1 + sum(sizes.get(id(k), 0) for k in kids)
+            if total > MAX_YAML_NODES:
+                raise ConfigError(
+                    f"YAML expands to more than {MAX_YAML_NODES:,} values (nested aliases?); "
+                    "a LineGuard config is a few plain sections"
+                )
+            sizes[id(node)] = total
+            continue
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in sizes)
+
+
+def _safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with the expansion cap (aliases are fine; a billion laughs is not)."""
+    loader = _CappedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxtuple, _SHORT.maxlevel = 60, 60, 6, 6, 6, 2
+
+
 def _apply_override(data: dict[str, Any], override: str) -> None:
     if "=" not in override:
         raise ConfigError(f"override '{override}' must look like section.key=value, e.g. train.lr=0.003")
@@ -425,7 +578,7 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     if not parts:
         raise ConfigError(f"override '{override}' has no key before '='")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _safe_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{override}': value is not valid YAML ({exc})") from None
     node = data
@@ -440,8 +593,9 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
-    got = err.get("input")
-    return f"{source}: '{loc}' {err['msg'].lower()} (got {got!r})"
+    got = _SHORT.repr(err.get("input"))  # bounded: never print a whole (possibly aliased) value
+    msg = err["msg"].removeprefix("Value error, ").lower()
+    return f"{source}: '{loc}' {msg} (got {got})"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> LineguardConfig:
@@ -458,9 +612,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         source = str(p)
         if not p.is_file():
             raise ConfigError(f"config file '{p}' not found; create it or run without --config for defaults")
+        size = p.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"config file '{p}' is {size:,} bytes; a config file may be at most {MAX_YAML_BYTES:,}")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            with p.open("rb") as f:
+                loaded = _safe_yaml(f.read(MAX_YAML_BYTES + 1).decode("utf-8"))
+        except ConfigError as exc:
+            raise ConfigError(f"config file '{p}': {exc}") from None
+        except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
             detail = " ".join(str(exc).split())
             raise ConfigError(f"config file '{p}' is not valid YAML: {detail}") from None
         if loaded is None:

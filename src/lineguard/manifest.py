@@ -13,8 +13,8 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
-import uuid
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -260,7 +260,9 @@ def write_dataset(
         target = os.path.abspath(storage.local_path(out))
         parent = os.path.dirname(target)
         os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(target)}.{uuid.uuid4().hex}.partial")
+        storage.remove_stale(target)  # what a killed write left behind
+        _check_replaceable(target, out, set(small))
+        tmp = storage.partial_name(target)
         try:
             for rel, data in files():
                 dest = os.path.join(tmp, rel)
@@ -270,11 +272,10 @@ def write_dataset(
             with open(os.path.join(tmp, MANIFEST_FILE), "wb") as f:
                 f.write(manifest_buf.getvalue())
             if os.path.exists(target):
-                # Replace an existing folder (overwrite, or an empty/non-dataset folder we own):
+                # Replace a folder checked above (empty, or a LineGuard dataset and nothing else):
                 # move it aside first so the new dataset appears in one rename.
-                if os.listdir(target) and not overwrite and not os.path.exists(os.path.join(target, MANIFEST_FILE)):
-                    raise DatasetError(f"'{out}' exists and is not empty; choose a new --out folder")
-                aside = f"{tmp}.old"
+                _check_replaceable(target, out, set(small))
+                aside = storage.partial_name(target, "old")
                 os.replace(target, aside)
                 os.replace(tmp, target)
                 shutil.rmtree(aside, ignore_errors=True)
@@ -283,10 +284,82 @@ def write_dataset(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     else:
+        _check_replaceable_remote(out)
         for rel, data in files():
             storage.write_bytes(storage.join(out, rel), data)
         storage.write_bytes(storage.join(out, MANIFEST_FILE), manifest_buf.getvalue())
     return load_dataset(out)
+
+
+_DATASET_FILES = {MANIFEST_FILE, "manifest.csv", META_FILE, "report.json", "report.md", "images"}
+_IMAGE_NAME = re.compile(r"[0-9a-f]{64}\.png")
+
+
+def _not_ours(target: str, extra_names: set[str]) -> str | None:
+    """The first path in ``target`` that a LineGuard dataset would not hold, or None.
+
+    A dataset folder holds its manifest, dataset.json, the reports and ``images/ab/<sha256>.png``;
+    anything else there is the user's, and a folder holding it is never replaced.
+    """
+    allowed = _DATASET_FILES | extra_names
+    for entry in sorted(os.listdir(target)):
+        full = os.path.join(target, entry)
+        if entry not in allowed or os.path.islink(full):
+            return entry
+        if entry == "images":
+            if not os.path.isdir(full):
+                return entry
+            for sub in sorted(os.listdir(full)):
+                sub_full = os.path.join(full, sub)
+                if len(sub) != 2 or os.path.islink(sub_full) or not os.path.isdir(sub_full):
+                    return f"images/{sub}"
+                for name in os.listdir(sub_full):
+                    if not _IMAGE_NAME.fullmatch(name) or not name.startswith(sub):
+                        return f"images/{sub}/{name}"
+        elif os.path.isdir(full):
+            return entry
+    return None
+
+
+def _check_replaceable(target: str, out: str, extra_names: set[str]) -> None:
+    """Refuse to replace ``target`` unless it is missing, empty, or a LineGuard dataset and nothing else.
+
+    ``--overwrite`` means "replace the dataset that is there", never "delete whatever
+    folder this is": a folder of photos, or a dataset a user put their own files into,
+    is refused with the first file that is not LineGuard's.
+    """
+    if os.path.islink(target):
+        raise DatasetError(f"'{out}' is a symbolic link; give the real folder as --out")
+    if not os.path.exists(target):
+        return
+    if not os.path.isdir(target):
+        raise DatasetError(f"'{out}' exists and is not a folder; choose a new --out folder")
+    if not os.listdir(target):
+        return
+    if not (os.path.isfile(os.path.join(target, META_FILE)) and os.path.isfile(os.path.join(target, MANIFEST_FILE))):
+        raise DatasetError(
+            f"'{out}' exists and is not a LineGuard dataset (no {MANIFEST_FILE} and {META_FILE}); LineGuard only "
+            "replaces its own datasets -- choose a new --out folder"
+        )
+    stranger = _not_ours(target, extra_names)
+    if stranger is not None:
+        raise DatasetError(
+            f"'{out}' holds '{stranger}', which LineGuard did not write; refusing to replace the folder -- "
+            "move that file out or choose a new --out folder"
+        )
+
+
+def _check_replaceable_remote(out: str) -> None:
+    """On an object store nothing is deleted, but a prefix holding other objects is still refused."""
+    fs, path = storage.filesystem(out)
+    try:
+        names = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)] if fs.exists(path) else []
+    except Exception:  # a missing prefix on some backends
+        names = []
+    if names and MANIFEST_FILE not in names:
+        raise DatasetError(
+            f"'{out}' holds objects and is not a LineGuard dataset (no {MANIFEST_FILE}); choose a new --out prefix"
+        )
 
 
 # --- checks and summaries (``lineguard data validate`` / ``lineguard data info``) -------------------

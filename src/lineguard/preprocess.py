@@ -27,6 +27,9 @@ ResizeMode = Literal["letterbox", "stretch", "center_crop"]
 DEFAULT_MAX_PIXELS = 40_000_000
 # ITU-R BT.601 luma: grey model input and the brightness statistic use the same weights.
 _LUMA = (0.299, 0.587, 0.114)
+# What cameras and inspection tools write. Pillow's other decoders (EPS runs Ghostscript,
+# and PSD, FITS, ICNS, ... are rarely exercised) are never reached with untrusted bytes.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM", "GIF")
 
 
 class ImageDecodeError(LineguardError):
@@ -202,16 +205,17 @@ def _to_uint8_rgb(img: Image.Image) -> Image.Image:
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode image bytes to an HxWx3 uint8 RGB array, EXIF orientation applied.
 
-    Raises :class:`ImageDecodeError` with reason ``empty``, ``not_an_image``,
-    ``too_large`` (more than ``max_pixels``: decompression bombs), ``truncated`` or
-    ``corrupt``. The pixel count is checked from the header before any decoding.
+    Raises :class:`ImageDecodeError` with reason ``empty``, ``not_an_image`` (also any
+    format outside :data:`IMAGE_FORMATS`), ``too_large`` (more than ``max_pixels``:
+    decompression bombs), ``truncated`` or ``corrupt``. The pixel count is checked from
+    the header before any decoding, and every failure of a decoder is one of these.
     """
     if not data:
         raise ImageDecodeError("empty", "zero-byte file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageDecodeError("too_large", f"{width}x{height} exceeds {max_pixels:,} pixels")
@@ -230,6 +234,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise ImageDecodeError(reason, msg) from None
     except (ValueError, SyntaxError, struct.error, EOFError, IndexError) as exc:
         raise ImageDecodeError("corrupt", str(exc) or type(exc).__name__) from None
+    except (MemoryError, RecursionError) as exc:
+        raise ImageDecodeError("corrupt", f"decoder ran out of resources ({type(exc).__name__})") from None
+    except Exception as exc:  # a decoder plugin failing in any other way is still a bad image
+        raise ImageDecodeError("corrupt", f"{type(exc).__name__}: {str(exc)[:200]}") from None
     arr = np.asarray(rgb, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageDecodeError("corrupt", f"unexpected decoded shape {arr.shape}")

@@ -11,17 +11,27 @@ name and renamed; object stores only ever show a complete object.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import stat
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from lineguard import LineguardError
 
 
 class StorageError(LineguardError):
     """A URL cannot be read or written."""
+
+
+class TooLargeError(StorageError):
+    """A file is larger than the limit it is read under (checked before reading it)."""
+
+
+class NotAFileError(StorageError):
+    """A local path is a FIFO, device, socket or folder where a regular file is expected."""
 
 
 def _storage_options(protocol: str) -> dict[str, Any]:
@@ -94,15 +104,95 @@ def exists(url: str) -> bool:
         raise StorageError(f"cannot reach '{url}': {exc}") from None
 
 
-def read_bytes(url: str) -> bytes:
+def _open_local_regular(path: str, max_bytes: int | None, url: str) -> BinaryIO:
+    """Open a local regular file for reading, refusing FIFOs, devices, sockets and oversized files.
+
+    The checks run on the opened descriptor (``O_NONBLOCK``, so a FIFO swapped in after
+    a first look cannot hang the open), so a symlink to ``/dev/zero`` or a named pipe is
+    refused, never read.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise StorageError(f"'{url}' does not exist") from None
+    except OSError as exc:
+        raise StorageError(f"cannot read '{url}': {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise NotAFileError(f"'{url}' is a folder, expected a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAFileError(f"'{url}' is not a regular file (a FIFO, device or socket); refused")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except PermissionError:
+        raise StorageError(f"'{url}': permission denied") from None
+    except OSError as exc:
+        raise StorageError(f"cannot read '{url}': {exc.strerror or exc}") from None
+    f = os.fdopen(fd, "rb")
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode):
+        f.close()
+        raise NotAFileError(f"'{url}' is not a regular file; refused")
+    if max_bytes is not None and st.st_size > max_bytes:
+        f.close()
+        raise TooLargeError(f"'{url}' is {st.st_size:,} bytes, over the limit of {max_bytes:,}")
+    return f
+
+
+def open_read(url: str, max_bytes: int | None = None) -> BinaryIO:
+    """A binary file object for streaming a file (archives); local files must be regular files.
+
+    ``max_bytes`` refuses a larger file before anything is read (:class:`TooLargeError`).
+    """
+    url = str(url)
+    if is_local(url):
+        return _open_local_regular(local_path(url), max_bytes, url)
     fs, path = filesystem(url)
     try:
+        size = fs.size(path)
+        if max_bytes is not None and size is not None and size > max_bytes:
+            raise TooLargeError(f"'{url}' is {size:,} bytes, over the limit of {max_bytes:,}")
+        return fs.open(path, "rb")  # type: ignore[no-any-return]
+    except StorageError:
+        raise
+    except FileNotFoundError:
+        raise StorageError(f"'{url}' does not exist") from None
+    except Exception as exc:  # network or credential errors from any backend
+        raise StorageError(f"cannot read '{url}': {exc}") from None
+
+
+def read_bytes(url: str, max_bytes: int | None = None) -> bytes:
+    """The whole content of a file. With ``max_bytes``, a larger file is refused before it is read.
+
+    Local paths must be regular files (never a FIFO or device); at most ``max_bytes + 1``
+    bytes are ever read, so a file that grows or lies about its size cannot exhaust memory.
+    """
+    url = str(url)
+    limit = -1 if max_bytes is None else max_bytes + 1
+    if is_local(url):
+        with _open_local_regular(local_path(url), max_bytes, url) as f:
+            try:
+                data = f.read(limit)
+            except OSError as exc:
+                raise StorageError(f"cannot read '{url}': {exc.strerror or exc}") from None
+        if max_bytes is not None and len(data) > max_bytes:
+            raise TooLargeError(f"'{url}' is over the limit of {max_bytes:,} bytes")
+        return data
+    fs, path = filesystem(url)
+    try:
+        if max_bytes is not None:
+            size = fs.size(path)
+            if size is not None and size > max_bytes:
+                raise TooLargeError(f"'{url}' is {size:,} bytes, over the limit of {max_bytes:,}")
         with fs.open(path, "rb") as f:
-            data = bytes(f.read())
+            data = bytes(f.read(limit))
+        if max_bytes is not None and len(data) > max_bytes:
+            raise TooLargeError(f"'{url}' is over the limit of {max_bytes:,} bytes")
         # Object stores "open" a prefix as an empty file; say what it is instead.
         if not data and not is_local(url) and fs.isdir(path):
             raise IsADirectoryError(path)
         return data
+    except StorageError:
+        raise
     except FileNotFoundError:
         raise StorageError(f"'{url}' does not exist") from None
     except IsADirectoryError:
@@ -113,9 +203,9 @@ def read_bytes(url: str) -> bytes:
         raise StorageError(f"cannot read '{url}': {exc}") from None
 
 
-def read_text(url: str) -> str:
+def read_text(url: str, max_bytes: int | None = None) -> str:
     try:
-        return read_bytes(url).decode("utf-8")
+        return read_bytes(url, max_bytes).decode("utf-8")
     except UnicodeDecodeError:
         raise StorageError(f"'{url}' is not UTF-8 text") from None
 
@@ -127,7 +217,7 @@ def write_bytes(url: str, data: bytes) -> None:
         path = local_path(url)
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        tmp = partial_name(path, "tmp")
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -176,3 +266,81 @@ def remove(url: str, recursive: bool = False) -> None:
     fs, path = filesystem(url)
     if fs.exists(path):
         fs.rm(path, recursive=recursive)
+
+
+# --- private work folders and what an interrupted run left behind ---------------------------------
+
+_PARTIAL_MARK = ".lg"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    except OSError:
+        return False
+    return True
+
+
+def partial_name(target: str, suffix: str = "partial") -> str:
+    """A sibling temp name for ``target``: ``.<name>.lg<pid>-<hex>.<suffix>``.
+
+    The pid in the name lets a later run tell the leftovers of a killed run (its pid is
+    gone) from the work of a run still going, so :func:`remove_stale` can clean them.
+    """
+    parent, name = os.path.split(os.path.abspath(target))
+    return os.path.join(parent, f".{name}{_PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:12]}.{suffix}")
+
+
+def remove_stale(target: str) -> list[str]:
+    """Remove the temp siblings of ``target`` (see :func:`partial_name`) left by runs that are dead.
+
+    Only names LineGuard made (``.<name>.lg<pid>-<hex>.partial`` / ``.old`` / ``.tmp``)
+    whose pid is no longer running are touched. Returns what was removed.
+    """
+    import re
+    import shutil
+
+    parent, name = os.path.split(os.path.abspath(target))
+    pattern = re.compile(re.escape(f".{name}{_PARTIAL_MARK}") + r"(\d+)-[0-9a-f]{12}\.(partial|old|tmp)$")
+    removed: list[str] = []
+    try:
+        siblings = os.listdir(parent)
+    except OSError:
+        return removed
+    for entry in siblings:
+        m = pattern.match(entry)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        full = os.path.join(parent, entry)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(full)
+        removed.append(full)
+    return removed
+
+
+def work_dir(kind: str) -> str:
+    """A new private temp folder ``lineguard-<kind>-<pid>-…`` (the system temp folder).
+
+    Folders of the same kind left by dead processes (``kill -9``) are removed first, so
+    an interrupted run never leaves its scratch behind for long.
+    """
+    import re
+    import shutil
+    import tempfile
+
+    base = tempfile.gettempdir()
+    pattern = re.compile(rf"lineguard-{re.escape(kind)}-(\d+)-")
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(base):
+            m = pattern.match(entry)
+            full = os.path.join(base, entry)
+            if m and not _pid_alive(int(m.group(1))) and os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"lineguard-{kind}-{os.getpid()}-", dir=base)

@@ -987,6 +987,14 @@ def synth(
     return result
 
 
+def _made_by_synth(path: str) -> bool:
+    try:
+        with open(os.path.join(path, META_FILE), encoding="utf-8") as f:
+            return bool(json.loads(f.read(1_000_000)).get("generator") == "lineguard.synth")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _staging(out: str, overwrite: bool) -> tuple[str, Callable[[], None]]:
     """Where to write, and the function that publishes it. Local: a temp sibling renamed at the end."""
     if not storage.is_local(out):
@@ -998,6 +1006,12 @@ def _staging(out: str, overwrite: bool) -> tuple[str, Callable[[], None]]:
         raise SynthError(f"output '{out}' is a file; expected a folder to create")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise SynthError(f"output folder '{out}' is not empty; choose a new folder or pass --force")
+    if os.path.islink(path):
+        raise SynthError(f"output '{out}' is a symbolic link; give the real folder")
+    if os.path.isdir(path) and os.listdir(path) and not _made_by_synth(path):
+        # --force replaces a toy dataset this command wrote, never a folder of someone's files.
+        raise SynthError(f"output folder '{out}' was not written by lineguard data synth (no {META_FILE} from it); "
+                         "--force only replaces a folder synth made -- choose a new folder")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(path)}.synth-{uuid.uuid4().hex[:8]}")

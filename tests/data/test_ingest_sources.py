@@ -490,13 +490,13 @@ def test_png_store_spills_to_disk_and_cleans_up(tmp_path: Path, monkeypatch: pyt
     store.add("a", b"ignored")
     assert store["a"] == b"12345" and store["b"] == b"678901234567" and len(store) == 2 and set(store) == {"a", "b"}
     spill = store._tmp.name  # type: ignore[union-attr]
-    assert os.listdir(spill) == ["b"]
+    assert os.listdir(os.path.join(spill, "png")) == ["b"]
     store.close()
     assert not os.path.exists(spill)
     # A whole ingest with a tiny budget gives the same dataset as in memory.
     src = _tree(tmp_path / "src", per_class=3)
     in_memory = ingest(str(src), str(tmp_path / "a"), CFG)
-    monkeypatch.setattr(ingest_pkg._PngStore.__init__, "__defaults__", (1000,))
+    monkeypatch.setattr(ingest_pkg._PngStore.__init__, "__defaults__", (1000, None))
     spilled = ingest(str(src), str(tmp_path / "b"), CFG)
     assert spilled.version == in_memory.version
     assert load_dataset(str(tmp_path / "b")).read_image(load_dataset(str(tmp_path / "b")).manifest["path"][0]).size

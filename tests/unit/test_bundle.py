@@ -18,7 +18,7 @@ from lineguard.edge.predictor import verify_bundle
 from tests.unit._edge_bundles import PARAMS, make_toy_bundle, toy_onnx
 
 DESIGN_KEYS = {"schema", "name", "version", "created_at", "model", "classes", "positive_class", "recipes",
-               "preprocess", "decision", "lineage", "evaluation", "reference", "files"}
+               "preprocess", "decision", "lineage", "evaluation", "reference", "files", "integrity"}
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,15 @@ def copy(bundle_dir: Path, tmp_path: Path) -> Path:
     return dest
 
 
-def _rewrite_meta(folder: Path, change) -> None:
+def _rewrite_meta(folder: Path, change, reseal: bool = True) -> None:
+    """Edit bundle.json; ``reseal`` recomputes its integrity digest, as an attacker could, so the
+    check under test is the one after it (the unsealed edit is refused by integrity alone)."""
+    from lineguard.edge.signing import integrity_block
+
     meta = json.loads((folder / "bundle.json").read_text())
     change(meta)
+    if reseal:
+        meta["integrity"] = integrity_block(meta)
     (folder / "bundle.json").write_text(json.dumps(meta))
 
 
@@ -53,7 +59,7 @@ def _rehash(folder: Path, name: str) -> None:
 def test_round_trip_keeps_every_field(bundle_dir: Path) -> None:
     b = load_bundle(bundle_dir)
     assert set(b.meta) >= DESIGN_KEYS
-    assert b.meta["schema"] == 1
+    assert b.meta["schema"] == 2
     assert b.meta["model"]["format"] == "onnx" and b.meta["model"]["opset"] == 18
     assert b.meta["model"]["inputs"] == {"image": [None, 3, 32, 32]}
     assert b.meta["model"]["outputs"] == {"logits": [None, 2], "embedding": [None, 3]}

@@ -156,7 +156,7 @@ def test_cli_bundle_verify_and_info(bundle_dir: Path, tmp_path: Path) -> None:
     for text in ("toy", "good, bad", "vanilla: 0.3000", "letterbox", "run_id toy", "balanced_accuracy 1.0000"):
         assert text in res.output
     res = runner.invoke(app, ["bundle", "info", str(bundle_dir), "--json"])
-    assert json.loads(res.stdout)["schema"] == 1
+    assert json.loads(res.stdout)["schema"] == 2
 
     import shutil
 

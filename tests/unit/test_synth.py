@@ -140,7 +140,7 @@ def test_synth_clean_layout_counts_names_and_truth(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".ds.*"))  # the staging folder is gone
 
 
-def test_synth_refuses_a_non_empty_folder_unless_forced(tmp_path: Path) -> None:
+def test_synth_refuses_a_non_empty_folder_and_force_replaces_only_its_own(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
@@ -148,9 +148,13 @@ def test_synth_refuses_a_non_empty_folder_unless_forced(tmp_path: Path) -> None:
     with pytest.raises(SynthError, match="not empty"):
         synth(str(out), cfg)
     assert (out / "keep.txt").read_text() == "precious"
-    synth(str(out), cfg, overwrite=True)
-    assert not (out / "keep.txt").exists()
-    assert len(_read_truth(out)) == 2
+    with pytest.raises(SynthError, match="not written by lineguard data synth"):
+        synth(str(out), cfg, overwrite=True)  # --force never deletes a folder synth did not make
+    assert (out / "keep.txt").read_text() == "precious"
+    made = tmp_path / "made"
+    synth(str(made), cfg)
+    synth(str(made), SynthConfig(recipes=1, per_class=2, size=64), overwrite=True)
+    assert len(_read_truth(made)) == 4
 
 
 def test_synth_rejects_bad_drift_and_severity(tmp_path: Path) -> None:

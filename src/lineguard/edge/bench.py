@@ -68,11 +68,18 @@ def bench(
     """Time a bundle in this process; see the module docstring for what is measured."""
     if repeats < 1 or warmup < 0 or batch < 1:
         raise LineguardError("repeats and batch must be >= 1 and warmup >= 0")
+    if frame_size:
+        frame_size = check_frame_size(frame_size)
+    if batch > MAX_BATCH:
+        raise LineguardError(f"batch {batch} is larger than {MAX_BATCH}")
     b = load_bundle(bundle)
     predictor = Predictor(b, threads=threads, backend=backend, precision_hint=precision_hint)
     params = b.preprocess
     h, w = params.size
     size = frame_size or (2 * h, 2 * w)
+    if batch * size[0] * size[1] > MAX_BATCH_PIXELS:
+        raise LineguardError(f"batch {batch} of {size[0]}x{size[1]} frames is more than {MAX_BATCH_PIXELS:,} pixels "
+                             "in memory at once; use a smaller batch or frame size")
     golden = b.load_arrays(GOLDEN_FILE).get("images") if GOLDEN_FILE in b.meta["files"] else None
     frames = _frames(golden, size, batch)
     x = preprocess_batch(frames, params)
@@ -112,6 +119,22 @@ def bench(
     }
 
 
+MAX_FRAME_SIDE = 8192
+MAX_BATCH = 1024
+MAX_BATCH_PIXELS = 200_000_000  # frames of one batch held at once (uint8: 600 MB)
+
+
+def check_frame_size(frame_size: tuple[int, int], max_pixels: int = 40_000_000) -> tuple[int, int]:
+    """A bench frame size within bounds: each side 8..8192 px and at most ``max_pixels`` (limits.max_pixels)."""
+    h, w = frame_size
+    if not (8 <= h <= MAX_FRAME_SIDE and 8 <= w <= MAX_FRAME_SIDE) or h * w > max_pixels:
+        raise LineguardError(
+            f"frame size {h}x{w} is out of bounds: each side 8..{MAX_FRAME_SIDE} px and at most "
+            f"{max_pixels:,} pixels (limits.max_pixels)"
+        )
+    return h, w
+
+
 def bench_in_subprocess(
     bundle: str | Path,
     threads: int = 1,
@@ -124,6 +147,8 @@ def bench_in_subprocess(
     timeout_s: float = 900.0,
 ) -> dict[str, Any]:
     """Run :func:`bench` in a fresh Python process and return its JSON result."""
+    if frame_size:
+        frame_size = check_frame_size(frame_size)
     cmd = [sys.executable, "-m", "lineguard.edge.bench", str(bundle), "--threads", str(threads), "--backend", backend,
            "--batch", str(batch), "--repeats", str(repeats), "--warmup", str(warmup),
            "--precision-hint", precision_hint]

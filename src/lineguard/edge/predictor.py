@@ -38,15 +38,28 @@ __all__ = ["ACCEPT", "BACKENDS", "REJECT", "Backend", "ImageFileError", "Predict
            "decision_parity", "scores_from_logits", "verify_bundle"]
 
 ACCEPT, REJECT = "accept", "reject"
+MAX_IMAGE_BYTES = 200_000_000  # what `predict` reads at most per file (config: limits.max_image_bytes)
 
 
-class ImageFileError(LineguardError):
-    """An image file that cannot be read or decoded; ``reason`` is the decoder's tag."""
+class ItemError(LineguardError):
+    """One item could not be decided; the others go on. ``reason`` is a short tag."""
 
     def __init__(self, path: str, reason: str, detail: str) -> None:
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {detail}")
+
+
+class ImageFileError(ItemError):
+    """An image file that cannot be read or decoded; ``reason`` is the decoder's tag."""
+
+
+class NonFiniteScoreError(ItemError):
+    """The model gave a score that is not a number for this item: it is an error, never a decision.
+
+    Failing closed: NaN compared with a threshold is false, so a NaN score would
+    otherwise *accept* the item -- a missed defect counted as good.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,12 +184,17 @@ class Predictor:
 
     # --- decisions -------------------------------------------------------------------------------
 
-    def _decide(self, row: np.ndarray, recipe: str | None, latency_ms: float) -> Prediction:
+    def _decide(self, row: np.ndarray, recipe: str | None, latency_ms: float, item: str = "image") -> Prediction:
         if self._two_class:
             z = (float(row[self._pos]) - float(row[self._other])) * self._inv_t
+            if not math.isfinite(z):
+                raise NonFiniteScoreError(item, "non_finite_score", f"the model gave logits {row.tolist()}; "
+                                          "a score that is not finite is an error, never a decision")
             score = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
         else:
             score = float(scores_from_logits(row[None, :], self.decision.temperature, self._pos)[0])
+        if not math.isfinite(score):
+            raise NonFiniteScoreError(item, "non_finite_score", f"score {score} is not finite; not decided")
         threshold = self.decision.threshold_for(recipe)
         if score >= threshold:
             return Prediction(self.bundle.positive_class, score, REJECT, threshold, recipe, latency_ms,
@@ -189,10 +207,10 @@ class Predictor:
             label = self._classes[int(np.argmax(masked))]
         return Prediction(label, score, ACCEPT, threshold, recipe, latency_ms, self._name, self._version)
 
-    def _predict_one(self, image: np.ndarray, recipe: str | None) -> Prediction:
+    def _predict_one(self, image: np.ndarray, recipe: str | None, item: str = "image") -> Prediction:
         t0 = time.perf_counter()
         row = self._runner.logits(preprocess(image, self.params)[None])[0]
-        return self._decide(row, recipe, (time.perf_counter() - t0) * 1000.0)
+        return self._decide(row, recipe, (time.perf_counter() - t0) * 1000.0, item)
 
     def predict_tensor(
         self, batch: np.ndarray, recipe: str | Sequence[str | None] | None = None
@@ -202,7 +220,7 @@ class Predictor:
         logits = self._runner.logits(batch)
         recipes = _recipes_for(recipe, len(logits))
         ms = (time.perf_counter() - t0) * 1000.0
-        return [self._decide(row, r, ms) for row, r in zip(logits, recipes, strict=True)]
+        return [self._decide(row, r, ms, f"item {i}") for i, (row, r) in enumerate(zip(logits, recipes, strict=True))]
 
     @overload
     def predict(self, images: np.ndarray, recipe: str | None = None) -> Prediction | list[Prediction]: ...
@@ -235,20 +253,49 @@ class Predictor:
         logits = self._runner.logits(x)
         recipes = _recipes_for(recipe, len(batch))
         ms = (time.perf_counter() - t0) * 1000.0
-        return [self._decide(row, r, ms) for row, r in zip(logits, recipes, strict=True)]
+        return [self._decide(row, r, ms, f"item {i}") for i, (row, r) in enumerate(zip(logits, recipes, strict=True))]
 
-    def predict_file(self, path: str | Path, recipe: str | None = None) -> Prediction:
-        """Read, decode and decide one image file; ImageFileError names the file if it is unusable."""
+    def predict_file(
+        self, path: str | Path, recipe: str | None = None, *, max_bytes: int = MAX_IMAGE_BYTES,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Prediction:
+        """Read, decode and decide one image file; ImageFileError names the file if it is unusable.
+
+        Only a regular file of at most ``max_bytes`` is read (a FIFO or ``/dev/zero`` is
+        refused unread) and at most ``max_pixels`` decoded; a non-finite score is a
+        :class:`NonFiniteScoreError` for this file.
+        """
         p = Path(path)
+        data = read_image_file(p, max_bytes)
         try:
-            data = p.read_bytes()
-        except OSError as exc:
-            raise ImageFileError(str(p), "unreadable", f"cannot read file: {exc.strerror or exc}") from None
-        try:
-            image = decode_image(data, DEFAULT_MAX_PIXELS)
+            image = decode_image(data, max_pixels)
         except ImageDecodeError as exc:
             raise ImageFileError(str(p), exc.reason, f"not a usable image ({exc})") from None
-        return self._predict_one(image, recipe)
+        return self._predict_one(image, recipe, str(p))
+
+
+def read_image_file(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of an image file: a regular file within ``max_bytes``, checked on the open descriptor."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ImageFileError(str(path), "unreadable", f"cannot read file: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageFileError(str(path), "not_a_file", "not a regular file (a folder, FIFO or device); refused")
+        if st.st_size > max_bytes:
+            raise ImageFileError(str(path), "file_too_large", f"{st.st_size:,} bytes, over the limit of {max_bytes:,}")
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageFileError(str(path), "unreadable", f"cannot read file: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise ImageFileError(str(path), "file_too_large", f"over the limit of {max_bytes:,} bytes")
+    return data
 
 
 def _recipes_for(recipe: str | Sequence[str | None] | None, n: int) -> list[str | None]:
@@ -272,7 +319,8 @@ def verify_bundle(bundle: Bundle | str | Path, threads: int = 1, backend: Backen
     from lineguard.preprocess import normalise
 
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    parity = b.meta.get("parity") or {}
+    raw_parity = b.meta.get("parity")
+    parity: dict[str, Any] = raw_parity if isinstance(raw_parity, dict) else {}
     if GOLDEN_FILE not in b.meta["files"]:
         raise BundleError(f"bundle '{b.source}' has no {GOLDEN_FILE}: parity cannot be re-checked")
     golden = b.load_arrays(GOLDEN_FILE)
@@ -283,7 +331,12 @@ def verify_bundle(bundle: Bundle | str | Path, threads: int = 1, backend: Backen
     h, w = b.preprocess.size
     if images.ndim != 4 or images.shape[1:] != (h, w, 3) or images.dtype != np.uint8:
         raise BundleError(f"bundle '{b.source}': golden images are {images.shape} {images.dtype}, expected Nx{h}x{w}x3 uint8")
-    atol = float(parity.get("atol", 1e-4))
+    try:
+        atol = float(parity.get("atol", 1e-4))
+    except (TypeError, ValueError):
+        atol = math.nan
+    if not (math.isfinite(atol) and 0 < atol <= 1.0):
+        raise BundleError(f"bundle '{b.source}': parity tolerance {parity.get('atol')!r} must be a number in (0, 1]")
     predictor = Predictor(b, threads=threads, backend=backend)
     x = np.stack([normalise(img, b.preprocess) for img in images]) if len(images) else np.zeros((0, *b.preprocess.input_shape), np.float32)
     outputs = predictor.outputs(x) if len(x) else {"logits": np.zeros((0, len(b.classes)), np.float32)}
@@ -291,6 +344,9 @@ def verify_bundle(bundle: Bundle | str | Path, threads: int = 1, backend: Backen
     logits = np.asarray(outputs["logits"], np.float64)
     if logits.shape != expected.shape:
         raise BundleError(f"bundle '{b.source}': model gives logits {logits.shape}, golden.npz expects {expected.shape}")
+    if len(golden["expected_logits"]) != len(images):
+        raise BundleError(f"bundle '{b.source}': {GOLDEN_FILE} has {len(images)} images but "
+                          f"{len(golden['expected_logits'])} expected logits")
     recipes = [str(r) or None for r in golden.get("recipes", np.array([""] * len(images)))]
     figures = decision_parity(expected, logits, b.decision.thresholds_for(recipes), b.decision.temperature,
                               b.positive_index, atol)

@@ -9,7 +9,6 @@ figure as base64 so the single file can be mailed or attached to a ticket.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import os
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lineguard.evaluate import metrics as m
+from lineguard.ingest.report import code_span, escape_html, escape_markdown
 
 if TYPE_CHECKING:
     from lineguard.evaluate.evaluation import EvaluationResult
@@ -227,14 +227,15 @@ def _refit_rows(result: EvaluationResult) -> list[list[str]]:
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    """A Markdown table; every cell is escaped (recipe names come from the data)."""
+    lines = ["| " + " | ".join(escape_markdown(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(escape_markdown(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    head = "".join(f"<th>{escape_html(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape_html(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -265,24 +266,30 @@ def write_report(result: EvaluationResult, dataset: Dataset, out_dir: Path, titl
                 "reliability.png": "Reliability diagram before and after temperature scaling",
                 "scores.png": "Score histograms per class", "worst.png": "Worst errors (or closest calls)"}
     name = title or result.source
+    decision_text = (f"Decision: reject when calibrated p(bad) >= threshold; default threshold "
+                     f"{result.decision.default_threshold:.3f}, cost false reject = {result.cost.false_reject}, "
+                     f"missed defect = {result.cost.missed_defect}.")
     intro = [
-        f"Model: **{name}**; dataset version `{result.dataset_version}`; thresholds and temperature "
-        + ("shipped by the bundle (used unchanged)" if result.decision_source == "bundle" else "fitted on val")
-        + ", every number below measured on test.",
-        f"Decision: reject when calibrated p(bad) >= threshold; default threshold "
-        f"{result.decision.default_threshold:.3f}, cost false reject = {result.cost.false_reject}, "
-        f"missed defect = {result.cost.missed_defect}.",
+        f"Model: **{escape_markdown(name)}**; dataset version {code_span(result.dataset_version)}; thresholds and "
+        "temperature " + ("shipped by the bundle (used unchanged)" if result.decision_source == "bundle"
+                          else "fitted on val") + ", every number below measured on test.",
+        escape_markdown(decision_text),
     ]
-    md = [f"# Evaluation: {name}", "", *intro, ""]
-    hp = [f"<h1>Evaluation: {html.escape(name)}</h1>"] + [f"<p>{html.escape(t).replace('**', '')}</p>" for t in intro]
+    md = [f"# Evaluation: {escape_markdown(name)}", "", *intro, ""]
+    hp = [f"<h1>Evaluation: {escape_html(name)}</h1>",
+          f"<p>Model: <b>{escape_html(name)}</b>; dataset version <code>{escape_html(result.dataset_version)}</code>; "
+          f"thresholds and temperature "
+          f"{'shipped by the bundle (used unchanged)' if result.decision_source == 'bundle' else 'fitted on val'}, "
+          f"every number below measured on test.</p>",
+          f"<p>{escape_html(decision_text)}</p>"]
     warn = result.warnings + [f"note: {n}" for n in result.notes]
     if warn:
-        md += ["## Warnings", "", *[f"- {w}" for w in warn], ""]
-        hp.append('<div class="warn"><b>Warnings</b><ul>' + "".join(f"<li>{html.escape(w)}</li>" for w in warn)
+        md += ["## Warnings", "", *[f"- {escape_markdown(w)}" for w in warn], ""]
+        hp.append('<div class="warn"><b>Warnings</b><ul>' + "".join(f"<li>{escape_html(w)}</li>" for w in warn)
                   + "</ul></div>")
     for ttl, header, rows in tables(result):
-        md += [f"## {ttl}", "", _md_table(header, rows) if rows else "_none_", ""]
-        hp += [f"<h2>{html.escape(ttl)}</h2>", _html_table(header, rows) if rows else "<p>none</p>"]
+        md += [f"## {escape_markdown(ttl)}", "", _md_table(header, rows) if rows else "_none_", ""]
+        hp += [f"<h2>{escape_html(ttl)}</h2>", _html_table(header, rows) if rows else "<p>none</p>"]
     md += ["## Figures", ""]
     hp.append("<h2>Figures</h2>")
     for fname, data in figures.items():
@@ -291,7 +298,7 @@ def write_report(result: EvaluationResult, dataset: Dataset, out_dir: Path, titl
         b64 = base64.b64encode(data).decode("ascii")
         hp.append(f"<h3>{captions[fname]}</h3><img alt='{captions[fname]}' src='data:image/png;base64,{b64}'>")
     _atomic_write(out_dir / "report.md", "\n".join(md).encode("utf-8"))
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}</title>"
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape_html(name)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(hp)}</body></html>")
     _atomic_write(out_dir / "report.html", page.encode("utf-8"))
     _atomic_write(out_dir / "evaluation.json",

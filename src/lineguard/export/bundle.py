@@ -16,13 +16,13 @@ import json
 import os
 import shutil
 import tarfile
-import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
+from lineguard import storage
 from lineguard.edge.bundle import (
     BUNDLE_FILE,
     GOLDEN_FILE,
@@ -34,6 +34,7 @@ from lineguard.edge.bundle import (
     sha256_file,
 )
 from lineguard.edge.decision import Decision
+from lineguard.edge.signing import SIGNATURE_FILE, integrity_block, signature_document
 from lineguard.export.onnx import onnx_outputs
 from lineguard.export.parity import ExportError, GoldenBatch, ParityReport, compare_outputs
 from lineguard.preprocess import PreprocessParams
@@ -133,24 +134,52 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _is_our_bundle(out: Path) -> str | None:
+    """None when ``out`` may be replaced (a LineGuard bundle folder or archive), else why not."""
+    if out.is_symlink():
+        return "is a symbolic link"
+    if out.is_dir():
+        if not (out / BUNDLE_FILE).is_file():
+            return f"is a folder without {BUNDLE_FILE}"
+        try:
+            listed = set(json.loads((out / BUNDLE_FILE).read_text(encoding="utf-8")).get("files", {}))
+        except (OSError, ValueError, AttributeError):
+            return f"has an unreadable {BUNDLE_FILE}"
+        strangers = sorted(p.name for p in out.iterdir() if p.name not in listed | {BUNDLE_FILE, SIGNATURE_FILE}
+                           or not p.is_file() or p.is_symlink())
+        return f"holds '{strangers[0]}', which the bundle does not list" if strangers else None
+    try:
+        with tarfile.open(out, "r:*") as tf:
+            names = {PurePosixPath(m.name).name for m in tf.getmembers()[:256]}
+    except (tarfile.TarError, OSError, EOFError):
+        return "is a file that is not a bundle archive"
+    return None if BUNDLE_FILE in names else f"is an archive without {BUNDLE_FILE}"
+
+
 def _publish(tmp: Path, out: Path, tar: bool, overwrite: bool) -> Path:
-    """Move a finished temp folder to ``out`` (or pack it to ``out`` as .tar.gz) in one rename."""
+    """Move a finished temp folder to ``out`` (or pack it to ``out`` as .tar.gz) in one rename.
+
+    ``overwrite`` replaces only a LineGuard bundle (a folder holding bundle.json and the
+    files it lists, or a bundle archive); anything else at ``out`` is refused, never deleted.
+    """
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise ExportError(f"'{out}' already exists; choose a new --out or pass --overwrite")
+        why = _is_our_bundle(out)
+        if why is not None:
+            raise ExportError(f"'{out}' {why}; --overwrite only replaces a LineGuard bundle -- choose a new --out")
     if tar:
-        tmp_tar = out.with_name(f".{out.name}.{uuid.uuid4().hex}.partial")
+        tmp_tar = Path(storage.partial_name(str(out)))
         try:
             with tarfile.open(tmp_tar, "w:gz") as tf:
                 for f in sorted(tmp.iterdir()):
                     tf.add(f, arcname=f.name, recursive=False)
-            if out.exists() and not overwrite:
-                raise ExportError(f"'{out}' already exists; choose a new --out or pass --overwrite")
             os.replace(tmp_tar, out)
         finally:
             tmp_tar.unlink(missing_ok=True)
         return out
     if out.exists():
-        if not overwrite:
-            raise ExportError(f"'{out}' already exists; choose a new --out or pass --overwrite")
-        aside = out.with_name(f".{out.name}.{uuid.uuid4().hex}.old")
+        aside = Path(storage.partial_name(str(out), "old"))
         os.replace(out, aside)
         os.replace(tmp, out)
         if aside.is_dir():
@@ -203,7 +232,8 @@ def write_bundle(
     if positive_class not in classes:
         raise ExportError(f"positive class '{positive_class}' is not one of {list(classes)}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.partial"
+    storage.remove_stale(str(out))  # what a killed export left behind
+    tmp = Path(storage.partial_name(str(out)))
     tmp.mkdir()
     try:
         shutil.copyfile(model_file, tmp / MODEL_FILE)
@@ -243,12 +273,44 @@ def write_bundle(
             "parity": {"file": GOLDEN_FILE, "golden_source": golden.source, **parity_block},
             "files": files,
         }
-        (tmp / BUNDLE_FILE).write_text(json.dumps(_json_safe(meta), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        meta = _json_safe(meta)
+        meta["integrity"] = integrity_block(meta)  # an edit of bundle.json after this is caught on load
+        (tmp / BUNDLE_FILE).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         load_bundle(tmp)  # the bundle must pass the edge's own checks before it is published
         return _publish(tmp, out, tar, overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sign_bundle(bundle: str | Path, key: str | Path) -> dict[str, Any]:
+    """Sign a bundle (folder or .tar.gz) with an ed25519 private key: writes ``bundle.sig.json`` into it.
+
+    The bundle is verified first (hashes and integrity: one cannot sign a tampered bundle
+    by accident); the signature covers its digest, hence every file. A folder gets the
+    file atomically; an archive is rewritten to a temp name and renamed. Returns the
+    signature document (digest, key id).
+    """
+    path = Path(bundle)
+    b = load_bundle(path, check_model=False)
+    doc = signature_document(b.digest, key)
+    data = (json.dumps(doc, indent=2) + "\n").encode()
+    if path.is_dir():
+        storage.write_bytes(str(path / SIGNATURE_FILE), data)
+        return doc
+    tmp_tar = Path(storage.partial_name(str(path)))
+    try:
+        with tarfile.open(tmp_tar, "w:gz") as tf:
+            for f in sorted(b.path.iterdir()):
+                if f.name != SIGNATURE_FILE:
+                    tf.add(f, arcname=f.name, recursive=False)
+            info = tarfile.TarInfo(SIGNATURE_FILE)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(_dt.datetime.now(_dt.UTC).timestamp())
+            tf.addfile(info, io.BytesIO(data))
+        os.replace(tmp_tar, path)
+    finally:
+        tmp_tar.unlink(missing_ok=True)
+    return doc
 
 
 def verify_bundle(path: str | Path, threads: int = 1) -> dict[str, Any]:

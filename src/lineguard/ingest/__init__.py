@@ -66,11 +66,12 @@ class _PngStore(Mapping[str, bytes]):
     folder is private to this ingest and removed by :meth:`close`.
     """
 
-    def __init__(self, budget_bytes: int = 1_000_000_000) -> None:
+    def __init__(self, budget_bytes: int = 1_000_000_000, folder: str | None = None) -> None:
         self._mem: dict[str, bytes] = {}
         self._disk: dict[str, str] = {}
         self._budget = budget_bytes
         self._used = 0
+        self._folder = folder  # the ingest's private work folder (removed by the ingest), else a temp one
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def add(self, image_id: str, png: bytes) -> None:
@@ -80,9 +81,11 @@ class _PngStore(Mapping[str, bytes]):
             self._mem[image_id] = png
             self._used += len(png)
             return
-        if self._tmp is None:
+        if self._folder is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="lineguard-ingest-")
-        path = os.path.join(self._tmp.name, image_id)
+            self._folder = self._tmp.name
+        os.makedirs(os.path.join(self._folder, "png"), exist_ok=True)
+        path = os.path.join(self._folder, "png", image_id)
         with open(path, "wb") as f:
             f.write(png)
         self._disk[image_id] = path
@@ -107,6 +110,7 @@ class _PngStore(Mapping[str, bytes]):
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+            self._folder = None
 
 
 @dataclass
@@ -121,10 +125,24 @@ class _Image:
     recipe: str = ""
     defect_type: str = ""
     label_source: str = ""
+    user_split: str = ""
+
+
+# Folder names (and CSV split values) that mean a split the user gave, lower-cased.
+SPLIT_NAMES: dict[str, str] = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test",
+}
+_SPLIT_PRIORITY = ("train", "val", "test")  # a leak is resolved in favour of the earlier split
 
 
 def _check_out(src: str, out: str) -> None:
-    """Refuse a dataset folder inside the source (a re-ingest would read its own output)."""
+    """Refuse a dataset folder inside the source (a re-ingest would read its own output) or around it.
+
+    ``--out`` holding the source would put the user's photos inside a folder that
+    ``--overwrite`` replaces; both are refused before anything is read.
+    """
 
     def norm(u: str) -> str:
         return os.path.realpath(storage.local_path(u)) if storage.is_local(u) else u.rstrip("/")
@@ -134,18 +152,38 @@ def _check_out(src: str, out: str) -> None:
         return
     if o == s or o.startswith(s.rstrip("/") + "/"):
         raise IngestError(f"--out '{out}' is inside the source '{src}'; write the dataset somewhere else")
+    if s.startswith(o.rstrip("/") + "/"):
+        raise IngestError(f"the source '{src}' is inside --out '{out}'; write the dataset somewhere else")
+
+
+def _split_rank(split: str) -> int:
+    return _SPLIT_PRIORITY.index(split) if split in _SPLIT_PRIORITY else 0
+
+
+def _split_folder(path: str) -> tuple[str, str]:
+    """(user split, rest of the path) when the path starts with a split folder, else ("", path)."""
+    head, _, rest = path.partition("/")
+    split = SPLIT_NAMES.get(head.strip().lower(), "")
+    return (split, rest) if split and rest else ("", path)
 
 
 def _label(
     images: list[_Image], source: Any, tables: dict[str, list[dict[str, str]]], config: IngestConfig,
-    class_folders: bool,
+    class_folders: bool, split_folders: bool = False,
 ) -> tuple[list[_Image], dict[str, dict[str, Any]]]:
-    """Label and recipe for every decoded image; returns (resolved images, conflicts by source path)."""
+    """Label and recipe for every decoded image; returns (resolved images, conflicts by source path).
+
+    With ``split_folders`` the leading train/val/test folder is the image's user split
+    and is left out of the label and recipe rules.
+    """
     rules = LabelRules(config)
     resolved: list[_Image] = []
     conflicts: dict[str, dict[str, Any]] = {}
     for img in images:
-        votes = path_votes(img.source_path, rules, class_folders)
+        vote_path = img.source_path
+        if split_folders:
+            img.user_split, vote_path = _split_folder(img.source_path)
+        votes = path_votes(vote_path, rules, class_folders)
         extra = source.extra_votes.get(img.source_path)
         if extra is not None:
             votes.label.update(extra.label)
@@ -177,7 +215,8 @@ def _collapse_duplicates(
         by_id[img.image_id].append(img)
     kept: list[_Image] = []
     for image_id in sorted(by_id):
-        copies = sorted(by_id[image_id], key=lambda i: (i.source_path.lower(), i.source_path))
+        # The copy kept is the one in the user's first split (train, val, test), then by path.
+        copies = sorted(by_id[image_id], key=lambda i: (_split_rank(i.user_split), i.source_path.lower(), i.source_path))
         labelled = [c for c in copies if c.label]
         if image_id in conflict_ids or len({(c.label, c.recipe) for c in labelled}) > 1:
             seen = sorted({f"{x.label}/{x.recipe}" for x in labelled})
@@ -246,23 +285,126 @@ def ingest(
 
     ``root`` is the folder the paths of a CSV or Label Studio source are relative to
     (default: the file's own folder). Re-ingesting the same source gives the same dataset
-    version. An existing, different dataset at ``out`` is refused unless ``overwrite``.
-    Raises :class:`IngestError` when the source cannot be read at all or yields no
-    labelled image; per-file problems are in the returned :class:`IngestReport` (also
-    saved in the dataset as report.json and report.md).
+    version. An existing, different dataset at ``out`` is refused unless ``overwrite``,
+    and even then only a folder that is a LineGuard dataset (and holds nothing else) is
+    replaced; ``out`` inside the source, or the source inside ``out``, is refused.
+    A split the source gives (train/val/test folders, a CSV split column) is kept
+    (``ingest.user_split``). Raises :class:`IngestError` when the source cannot be read
+    at all or yields no labelled image; per-file problems are in the returned
+    :class:`IngestReport` (also saved in the dataset as report.json and report.md).
+    Scratch (unpacked archive members, spilled PNGs) lives in one private temp folder,
+    removed at the end or, after a ``kill -9``, by the next ingest.
     """
     config = config or IngestConfig()
     if seed is not None:
         config = config.model_copy(update={"seed": seed})
-    pngs = _PngStore()
+    import shutil
+
+    _check_out(str(src), str(out))
+    scratch = storage.work_dir("ingest")
+    pngs = _PngStore(folder=scratch)
     try:
-        return _run(str(src), str(out), config, overwrite, root, progress, pngs)
+        return _run(str(src), str(out), config, overwrite, root, progress, pngs, scratch)
     finally:
         pngs.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _user_splits_from_tables(
+    images: list[_Image], tables: dict[str, list[dict[str, str]]], source: Any,
+) -> list[_Image]:
+    """Set ``user_split`` from a CSV split column; images the column leaves out or garbles are refused."""
+    if not any(row.get("split", "").strip() for rows in tables.values() for row in rows):
+        return images
+    kept: list[_Image] = []
+    for img in images:
+        values = {row.get("split", "").strip().lower() for row in tables.get(img.source_path, [])} - {""}
+        splits = {SPLIT_NAMES.get(v, "?" + v) for v in values}
+        if not splits:
+            source.reject(img.source_path, "no_split", "the labels CSV gives other files a split but not this one")
+        elif len(splits) > 1 or any(x.startswith("?") for x in splits):
+            source.reject(img.source_path, "bad_split", f"split {sorted(values)}; expected one of train, val, test")
+        else:
+            img.user_split = splits.pop()
+            kept.append(img)
+            continue
+    return kept
+
+
+def _apply_user_split(
+    kept: list[_Image], resolved: list[_Image], group_of: dict[str, str], config: IngestConfig, report: IngestReport,
+) -> dict[str, str]:
+    """The user's split per image id, with leaks across splits resolved and val carved from train if missing.
+
+    An image whose copies sit in two splits keeps the first of train, val, test; a
+    near-duplicate group spread over splits keeps its members of the first such split and
+    moves the others to ``unused`` (a near copy of a train image in test measures memory,
+    not generalisation). Both are reported. A split without val gets one from its train
+    images, by group and seed, at the configured val share.
+    """
+    from lineguard.manifest import HOLDOUT
+
+    copies: dict[str, set[str]] = defaultdict(set)
+    paths: dict[str, list[str]] = defaultdict(list)
+    for img in resolved:
+        copies[img.image_id].add(img.user_split)
+        paths[img.image_id].append(f"{img.user_split}: {img.source_path}")
+    split_of: dict[str, str] = {}
+    for img in kept:
+        found = copies[img.image_id]
+        split_of[img.image_id] = next(s for s in _SPLIT_PRIORITY if s in found)
+        if len(found) > 1:
+            report.split_leaks.append({
+                "kind": "exact_duplicate", "kept_in": split_of[img.image_id], "files": sorted(paths[img.image_id]),
+            })
+    by_group: dict[str, list[_Image]] = defaultdict(list)
+    for img in kept:
+        by_group[group_of[img.image_id]].append(img)
+    for gid, members in sorted(by_group.items()):
+        splits = {split_of[m.image_id] for m in members}
+        if len(splits) < 2:
+            continue
+        home = next(s for s in _SPLIT_PRIORITY if s in splits)
+        moved = sorted(m.source_path for m in members if split_of[m.image_id] != home)
+        for m in members:
+            if split_of[m.image_id] != home:
+                split_of[m.image_id] = HOLDOUT
+        report.split_leaks.append({"kind": "near_duplicate", "group_id": gid, "kept_in": home, "moved_to_unused": moved})
+    if report.split_leaks:
+        report.warnings.append(
+            f"the source's own split leaks: {len(report.split_leaks)} image(s) or near-duplicate group(s) in more "
+            "than one split; kept in the first of train/val/test, other copies left out (see 'Split leaks')"
+        )
+    counts = Counter(split_of.values())
+    for needed in ("train", "test"):
+        if not counts.get(needed):
+            raise IngestError(
+                f"the split given by '{report.source}' has no {needed} images (train {counts.get('train', 0)}, "
+                f"val {counts.get('val', 0)}, test {counts.get('test', 0)}); a user split needs train and test "
+                "images -- or set ingest.user_split=ignore to split by seed"
+            )
+    if not counts.get("val"):
+        train_groups: dict[str, tuple[str, int]] = {}
+        for gid, members in by_group.items():
+            inside = [m for m in members if split_of[m.image_id] == "train"]
+            if inside:
+                strata = Counter(f"{m.recipe}/{m.label}" for m in inside)
+                train_groups[gid] = (min(strata, key=lambda x: (-strata[x], x)), len(inside))
+        share = {"train": config.split["train"], "val": config.split["val"], "test": 0.0}
+        carved = assign_splits(train_groups, share, config.seed) if share["val"] > 0 else {}
+        for img in kept:
+            if split_of[img.image_id] == "train" and carved.get(group_of[img.image_id]) == "val":
+                split_of[img.image_id] = "val"
+        report.warnings.append(
+            f"the source gives no val split: {sum(v == 'val' for v in split_of.values())} of its train images "
+            "became val (by group and seed, ingest.split shares); its test split is kept as given"
+        )
+    return split_of
 
 
 def _run(
-    src: str, out: str, config: IngestConfig, overwrite: bool, root: str | None, progress: bool, pngs: _PngStore
+    src: str, out: str, config: IngestConfig, overwrite: bool, root: str | None, progress: bool, pngs: _PngStore,
+    scratch: str,
 ) -> IngestReport:
     import pandas as pd
 
@@ -270,18 +412,22 @@ def _run(
     from lineguard.manifest import HOLDOUT, image_relpath, manifest_version, write_dataset
 
     started = time.perf_counter()
-    _check_out(src, out)
     report = IngestReport(source=src, out=out)
 
     # 1. What is there, and what the label tables say.
-    source, kind = open_source(src, config, root)
+    source, kind = open_source(src, config, root, scratch)
     tables = label_tables(source, kind, LabelRules(config))
     kind = kind.split(":", 1)[0]
     entries = source.entries
+    split_folders = (
+        config.user_split == "auto" and kind in ("folder", "archive") and len(entries) > 0
+        and all(_split_folder(e.source_path)[0] for e in entries)
+    )
+    vote_paths = [_split_folder(e.source_path)[1] if split_folders else e.source_path for e in entries]
     class_folders = config.layout == "class_folders" or (
         config.layout == "auto" and not source.tables and kind in ("folder", "archive")
-        and len(entries) > 0 and all(e.source_path.count("/") == 1 for e in entries)
-        and len({e.source_path.split("/")[0] for e in entries}) >= 2
+        and len(entries) > 0 and all(p.count("/") == 1 for p in vote_paths)
+        and len({p.split("/")[0] for p in vote_paths}) >= 2
     )
     report.layout = "class_folders" if class_folders else ("labelstudio" if kind == "labelstudio" else "rules")
     report.files_seen = len(entries) + len(source.rejected) + len(source.tables)
@@ -303,9 +449,16 @@ def _run(
         _, image_id, png, width, height, phash, thumb = result
         pngs.add(image_id, png)
         images.append(_Image(entry.source_path, image_id, width, height, phash, thumb))
+    csv_split = False
+    if config.user_split == "auto" and not split_folders:
+        before = len(images)
+        images = _user_splits_from_tables(images, tables, source)
+        csv_split = any(i.user_split for i in images) or len(images) < before
+    user_split = split_folders or csv_split
+    report.split_source = ("folders" if split_folders else "csv") if user_split else "seed"
 
     # 3. Labels and recipes; exact duplicates collapse into one row.
-    resolved, conflicts = _label(images, source, tables, config, class_folders)
+    resolved, conflicts = _label(images, source, tables, config, class_folders, split_folders)
     report.unlabelled.extend(source.unlabelled)
     report.warnings.extend(source.notes)
     kept = _collapse_duplicates(images, resolved, conflicts, report)
@@ -318,11 +471,14 @@ def _run(
             f"{len(report.unlabelled)} unlabelled); see docs/ingest.md for how labels are found"
         )
 
-    # 4. Near-duplicate groups, grouped stratified splits, balanced test.
+    # 4. Near-duplicate groups, then the user's split (checked for leaks) or grouped stratified splits.
     group_of, groups = _group(kept, config, report)
-    split_of_group = assign_splits(groups, config.split, config.seed)
-    split_of = {i.image_id: split_of_group[group_of[i.image_id]] for i in kept}
-    if config.balance_test:
+    if user_split:
+        split_of = _apply_user_split(kept, resolved, group_of, config, report)
+    else:
+        split_of_group = assign_splits(groups, config.split, config.seed)
+        split_of = {i.image_id: split_of_group[group_of[i.image_id]] for i in kept}
+    if config.balance_test and not user_split:
         moved, warnings = balance_test([(i.image_id, i.recipe, i.label) for i in kept], split_of, config.seed, HOLDOUT)
         path_of = {i.image_id: i.source_path for i in kept}
         report.unused = sorted(path_of[m] for m in moved)

@@ -19,6 +19,7 @@ from lineguard.preprocess import ImageDecodeError, decode_image
 
 _POOL_MIN_FILES = 256  # below this a process pool costs more than it saves
 _CHUNK = 32
+_CHUNK_BYTES = 32_000_000  # a chunk of full-size photos must not hold gigabytes
 
 
 @functools.cache
@@ -67,28 +68,65 @@ def _process_chunk(items: list[bytes], max_pixels: int) -> list[tuple[Any, ...]]
     return [_process_one(d, max_pixels) for d in items]
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: end this worker as soon as the ingest that started it is gone.
+
+    A worker blocked on its task queue outlives a parent killed with ``kill -9`` (the
+    pool's own shutdown never runs), so the kernel is asked to signal it when the parent
+    dies (Linux ``PR_SET_PDEATHSIG``), and a daemon thread polls the parent as a portable
+    fallback.
+    """
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="lineguard-parent-watch", daemon=True).start()
+
+
 def decode_all(
     entries: list[SourceFile], config: IngestConfig, src: SourceScan, on_step: Callable[[int], None]
 ) -> list[tuple[SourceFile, tuple[Any, ...]]]:
-    """Read, decode, normalise and hash every entry, in order (deterministic with or without a pool)."""
+    """Read, decode, normalise and hash every entry, in order (deterministic with or without a pool).
+
+    Memory stays bounded: a file over ``ingest.max_file_bytes`` (or not a regular file)
+    is refused before it is read, work goes out in chunks of at most ``_CHUNK`` files or
+    ``_CHUNK_BYTES``, and only a few chunks are in flight at once.
+    """
 
     def load(entry: SourceFile) -> bytes | None:
-        if entry.data is not None:
-            data, entry.data = entry.data, None
-            return data
         try:
-            data = storage.read_bytes(str(entry.url))
+            return storage.read_bytes(entry.url, config.max_file_bytes)
+        except storage.TooLargeError as exc:
+            src.reject(entry.source_path, "file_too_large", f"{exc} (ingest.max_file_bytes)")
+        except storage.NotAFileError as exc:
+            src.reject(entry.source_path, "not_a_file", str(exc))
         except storage.StorageError as exc:
             src.reject(entry.source_path, "unreadable", str(exc))
-            return None
-        if len(data) > config.max_file_bytes:
-            src.reject(entry.source_path, "file_too_large", f"{len(data):,} bytes > ingest.max_file_bytes")
-            return None
-        return data
+        return None
 
     def chunks() -> Iterator[tuple[list[SourceFile], list[bytes]]]:
         batch_e: list[SourceFile] = []
         batch_d: list[bytes] = []
+        size = 0
         for entry in entries:
             data = load(entry)
             if data is None:
@@ -96,9 +134,10 @@ def decode_all(
                 continue
             batch_e.append(entry)
             batch_d.append(data)
-            if len(batch_e) == _CHUNK:
+            size += len(data)
+            if len(batch_e) == _CHUNK or size >= _CHUNK_BYTES:
                 yield batch_e, batch_d
-                batch_e, batch_d = [], []
+                batch_e, batch_d, size = [], [], 0
         if batch_e:
             yield batch_e, batch_d
 
@@ -110,13 +149,17 @@ def decode_all(
         return results
 
     import multiprocessing
+    import os
     from concurrent.futures import Future, ProcessPoolExecutor
 
     pending: deque[tuple[list[SourceFile], Future[list[tuple[Any, ...]]]]] = deque()
-    with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        config.workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_with_parent, initargs=(os.getpid(),),
+    ) as pool:
         for batch_e, batch_d in chunks():
             pending.append((batch_e, pool.submit(_process_chunk, batch_d, config.max_pixels)))
-            while len(pending) >= 4 * config.workers:  # bounded: never the whole source in memory
+            while len(pending) >= 2 * config.workers:  # bounded: never the whole source in memory
                 done_e, fut = pending.popleft()
                 results.extend(zip(done_e, fut.result(), strict=True))
                 on_step(len(done_e))

@@ -112,7 +112,9 @@ def _choices(result: Any) -> dict[str, list[str]]:
             continue
         value = item.get("value")
         if isinstance(value, Mapping) and isinstance(value.get("choices"), list):
-            out.setdefault(str(item.get("from_name", "")), []).extend(str(v) for v in value["choices"])
+            out.setdefault(str(item.get("from_name", "")), []).extend(
+                str(v)[:200] if isinstance(v, str | int | float) else "<not text>" for v in value["choices"]
+            )
     return out
 
 
@@ -165,13 +167,46 @@ def _from_json_min(rows: Sequence[Mapping[str, Any]], image_key: str) -> list[di
     return list(tasks.values())
 
 
-def _load_export(path_or_url: str, image_key: str) -> list[dict[str, Any]]:
+MAX_EXPORT_BYTES = 200_000_000
+MAX_EXPORT_DEPTH = 64
+
+
+def _too_deep(value: Any, max_depth: int) -> bool:
+    """True when JSON ``value`` nests deeper than ``max_depth`` (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        if isinstance(node, Mapping):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, Mapping | list))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, Mapping | list))
+    return False
+
+
+def _load_export(path_or_url: str, image_key: str, max_bytes: int, max_depth: int) -> list[dict[str, Any]]:
     try:
-        tasks = json.loads(storage.read_text(path_or_url))
+        text = storage.read_text(path_or_url, max_bytes)
+    except storage.TooLargeError as exc:
+        raise LabelStudioError(f"Label Studio export {exc} (ingest.max_table_bytes)") from None
+    except storage.StorageError as exc:
+        raise LabelStudioError(f"Label Studio export {exc}") from None
+    try:
+        tasks = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LabelStudioError(
             f"'{path_or_url}' is not valid JSON ({exc}); expected a Label Studio JSON export"
         ) from None
+    except RecursionError:  # nested past Python's own limit: certainly past ours
+        tasks, too_deep = None, True
+    else:
+        too_deep = _too_deep(tasks, max_depth)
+    if too_deep:
+        raise LabelStudioError(
+            f"'{path_or_url}' nests deeper than {max_depth} levels (ingest.max_json_depth); "
+            "a Label Studio export is a list of flat tasks"
+        )
     if isinstance(tasks, Mapping) and ("data" in tasks or "annotations" in tasks):
         tasks = [tasks]
     if not isinstance(tasks, list) or not all(isinstance(t, Mapping) for t in tasks):
@@ -191,6 +226,8 @@ def parse_export(
     positive_class: str = "bad",
     local_files_root: str | None = None,
     image_key: str = "image",
+    max_bytes: int = MAX_EXPORT_BYTES,
+    max_depth: int = MAX_EXPORT_DEPTH,
 ) -> ParsedExport:
     """Read a Label Studio JSON (or JSON-MIN) export into labelled records and problems.
 
@@ -205,19 +242,24 @@ def parse_export(
     pointing outside ``root`` is refused. Every task without a record appears in
     ``problems`` (see :data:`PROBLEM_KINDS`); ``duplicate`` and ``disagreement`` are
     notes on records that were kept.
+
+    The export is untrusted: a file over ``max_bytes`` or nested deeper than
+    ``max_depth`` is refused whole (:class:`LabelStudioError`); a task of the wrong shape
+    is a problem of that task, never a crash.
     """
     synonyms = dict(label_synonyms or default_synonyms())
     read = label_reader(synonyms)
-    tasks = _load_export(path_or_url, image_key)
+    tasks = _load_export(path_or_url, image_key, max_bytes, max_depth)
     records: dict[str, tuple[datetime, LabelRecord]] = {}
     problems: list[LabelProblem] = []
     for n, task in enumerate(tasks):
         task_id = str(task.get("id", f"#{n}"))
         raw_data = task.get("data")
         data: Mapping[str, Any] = raw_data if isinstance(raw_data, Mapping) else {}
-        url = str(data.get(image_key) or "")
-
-        annotations = [a for a in task.get("annotations") or [] if isinstance(a, Mapping)]
+        raw_url = data.get(image_key)
+        url = raw_url if isinstance(raw_url, str) else ""
+        raw_annotations = task.get("annotations")
+        annotations = [a for a in raw_annotations if isinstance(a, Mapping)] if isinstance(raw_annotations, list) else []
         if not annotations:
             problems.append(LabelProblem(task_id, "unlabelled", PROBLEM_KINDS["unlabelled"], url))
             continue
