@@ -72,7 +72,11 @@ def test_run_records_everything_needed(store: dict[str, Any]) -> None:
     assert inputs[0].tags[0].value == "training"
     # artifacts live under <workdir>/mlartifacts
     assert Path(cfg.workdir, "mlartifacts").is_dir()
-    assert tracking.load_run_config(cfg, result.run_id) == cfg
+    # the config as resolved: the auto recipe's derived values applied, explicit keys kept, and the recipe itself
+    recorded = tracking.load_run_config(cfg, result.run_id)
+    assert recorded == result.config and recorded.train.model == "tinycnn" and recorded.preprocess.size == (32, 32)
+    recipe = json.loads(tracking.read_artifact(cfg, result.run_id, "recipe.json"))
+    assert {"profile", "choices"} <= set(recipe)
 
 
 def test_model_rebuilds_from_the_run_alone(store: dict[str, Any]) -> None:
@@ -143,8 +147,9 @@ def test_collapse_to_one_class_is_warned_and_tagged(store: dict[str, Any], monke
 
     real = models.create_model
 
-    def always_good(name: str, num_classes: int, width: float = 1.0, weights: str | None = None) -> Any:
-        model = real(name, num_classes, width, weights)
+    def always_good(name: str, num_classes: int, width: float = 1.0, weights: str | None = None,
+                    in_chans: int = 3) -> Any:
+        model = real(name, num_classes, width, weights, in_chans)
         last = dict(model.named_modules())[models.last_layer_prefix(model)]
         with torch.no_grad():
             last.weight.zero_()
