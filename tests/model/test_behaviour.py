@@ -9,7 +9,12 @@ with the topping missing. The checks are the ones a reviewer would do by hand:
 - minimum function: every recipe is clearly better than chance on held-out cones.
 
 Limits are looser than the release gate's because the model is tiny and trained briefly;
-they still fail for a model that ignores the topping or keys on lighting.
+they still fail for a model that ignores the topping or keys on lighting. The model is trained
+with the shifts and brightness changes it is checked on (augment.strength 0.6: about +-2.5 px and
++-12 %), as a real line needs anyway, so the checks hold with margin on any machine (R12): training
+is deterministic per machine only, and another CPU's kernels give another model -- with
+augmentation 0.2 a 2-core machine elsewhere flipped 5 of 32 decisions on a 1-pixel shift; with 0.6,
+at 1 and at 2 threads here, none of 32 flips and every recipe is at 100 %.
 """
 
 from __future__ import annotations
@@ -68,9 +73,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("behaviour")
     dataset = _dataset(root / "ds")
     cfg = load_config(None, [
-        f"workdir={root / 'work'}", "train.model=tinycnn", "train.width=0.5", "train.epochs=20", "train.lr=0.005",
+        f"workdir={root / 'work'}", "train.model=tinycnn", "train.width=0.5", "train.epochs=30", "train.lr=0.005",
         "train.warmup_epochs=0", "train.batch_size=16", "train.threads=1", f"preprocess.size=[{SIZE},{SIZE}]",
-        "augment.strength=0.2", "evaluate.bootstrap=0", "evaluate.min_threshold_samples=50",
+        "augment.strength=0.6", "evaluate.bootstrap=0", "evaluate.min_threshold_samples=50",
     ])
     result = train(cfg, dataset, track=False, progress=False)
     scorer = TorchScorer("behaviour", result.model, tuple(result.classes), "bad", result.preprocess)
