@@ -122,7 +122,7 @@ def test_digest_pins_one_bundle(bundle_dir: Path, copy: Path) -> None:
     [
         (lambda m: m.update(files=["model.onnx"]), "'files' block"),
         (lambda m: m.update(model="model.onnx"), "'model' block"),
-        (lambda m: m["decision"].update(per_recipe=[0.5]), "decision block is invalid"),
+        (lambda m: m["decision"].update(per_recipe=[0.5]), "decision 'per_recipe' must map"),
         (lambda m: m["files"].update({"sub/x": "0" * 64}), "not a plain file name"),
         (lambda m: m["files"].update({"model.onnx": 5}), "not a sha256"),
         (lambda m: m.update(classes="goodbad"), "'classes' must be a list"),
