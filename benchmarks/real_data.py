@@ -88,7 +88,7 @@ def _anchor(dataset: Any, budget_s: float) -> dict[str, Any]:
             "collapsed": bool(rejected.all() or not rejected.any()), **_figures(r.test_labels, rejected)}
 
 
-def _table(name: str, rows: dict[str, dict[str, Any]], source: str, dataset: Any, budget_s: float) -> str:
+def _table(rows: dict[str, dict[str, Any]], source: str, dataset: Any, budget_s: float) -> str:
     test = dataset.split("test")
     lines = [
         f"Dataset: {source} ingested with the defaults as a plain class-per-folder tree (version {dataset.version}; "
@@ -151,7 +151,7 @@ def main() -> None:
                 dataset, work, args.budget_s, "whole", ["preprocess.tile=null", "preprocess.size=[128,128]"])
             print(json.dumps({"whole": rows["LineGuard, whole image (no tiles)"]}, default=str), flush=True)
     source = args.source or args.dataset_dir
-    write_section(f"Real photos: {name}", _table(name, rows, source, dataset, args.budget_s),
+    write_section(f"Real photos: {name}", _table(rows, source, dataset, args.budget_s),
                   "python benchmarks/real_data.py" + args_for_docs(sys.argv[1:]))
 
 

@@ -7,7 +7,8 @@ pixels are in [-1, 1], so a bright image is "bad" -- predictable scores for test
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,16 @@ def make_toy_bundle(
         evaluation={"split": "test", "n": 10, "balanced_accuracy": 1.0, "ece": 0.01, "per_recipe": {}},
         reference=ref, reference_arrays=arrays, name="toy", version="1", tar=tar,
     )
+
+
+def rewrite_meta(folder: Path, change: Callable[[dict[str, Any]], None], reseal: bool = True) -> None:
+    """Edit a bundle's bundle.json in place; ``reseal`` recomputes its integrity digest, as an attacker who
+    knows the format could, so the check under test is the one after it (an unsealed edit is refused by
+    integrity alone)."""
+    from lineguard.edge.signing import integrity_block
+
+    meta = json.loads((folder / "bundle.json").read_text())
+    change(meta)
+    if reseal:
+        meta["integrity"] = integrity_block(meta)
+    (folder / "bundle.json").write_text(json.dumps(meta))

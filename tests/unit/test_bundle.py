@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from lineguard import export as ex
 from lineguard.edge import BundleError, Decision, load_bundle
 from lineguard.edge.predictor import verify_bundle
-from tests.unit._edge_bundles import PARAMS, make_toy_bundle, toy_onnx
+from tests.unit._edge_bundles import PARAMS, make_toy_bundle, rewrite_meta, toy_onnx
 
 DESIGN_KEYS = {"schema", "name", "version", "created_at", "model", "classes", "positive_class", "recipes",
                "preprocess", "decision", "lineage", "evaluation", "reference", "files", "integrity"}
@@ -33,18 +32,6 @@ def copy(bundle_dir: Path, tmp_path: Path) -> Path:
     return dest
 
 
-def _rewrite_meta(folder: Path, change, reseal: bool = True) -> None:
-    """Edit bundle.json; ``reseal`` recomputes its integrity digest, as an attacker could, so the
-    check under test is the one after it (the unsealed edit is refused by integrity alone)."""
-    from lineguard.edge.signing import integrity_block
-
-    meta = json.loads((folder / "bundle.json").read_text())
-    change(meta)
-    if reseal:
-        meta["integrity"] = integrity_block(meta)
-    (folder / "bundle.json").write_text(json.dumps(meta))
-
-
 def _rehash(folder: Path, name: str) -> None:
     digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
 
@@ -53,7 +40,7 @@ def _rehash(folder: Path, name: str) -> None:
         if meta["model"]["file"] == name:
             meta["model"]["sha256"] = digest
 
-    _rewrite_meta(folder, change)
+    rewrite_meta(folder, change)
 
 
 def test_round_trip_keeps_every_field(bundle_dir: Path) -> None:
@@ -114,7 +101,7 @@ def test_pickle_file_is_refused_even_when_listed(copy: Path) -> None:
 
 
 def test_non_onnx_model_format_is_refused(copy: Path) -> None:
-    _rewrite_meta(copy, lambda m: m["model"].update(format="torchscript"))
+    rewrite_meta(copy, lambda m: m["model"].update(format="torchscript"))
     with pytest.raises(BundleError, match="only runs 'onnx'"):
         load_bundle(copy)
 
@@ -134,31 +121,31 @@ def test_truncated_onnx_is_refused_even_with_matching_hash(copy: Path) -> None:
 
 
 def test_missing_preprocess_block_is_refused(copy: Path) -> None:
-    _rewrite_meta(copy, lambda m: m.pop("preprocess"))
+    rewrite_meta(copy, lambda m: m.pop("preprocess"))
     with pytest.raises(BundleError, match="no 'preprocess' block"):
         load_bundle(copy)
 
 
 def test_invalid_preprocess_block_is_refused(copy: Path) -> None:
-    _rewrite_meta(copy, lambda m: m["preprocess"].update(std=[0, 1, 1]))
+    rewrite_meta(copy, lambda m: m["preprocess"].update(std=[0, 1, 1]))
     with pytest.raises(BundleError, match="preprocess"):
         load_bundle(copy)
 
 
 def test_preprocess_size_must_match_the_model(copy: Path) -> None:
-    _rewrite_meta(copy, lambda m: m["preprocess"].update(size=[64, 64]))
+    rewrite_meta(copy, lambda m: m["preprocess"].update(size=[64, 64]))
     with pytest.raises(BundleError, match="model input"):
         load_bundle(copy)
 
 
 def test_unknown_schema_is_refused(copy: Path) -> None:
-    _rewrite_meta(copy, lambda m: m.update(schema=99))
+    rewrite_meta(copy, lambda m: m.update(schema=99))
     with pytest.raises(BundleError, match="unknown bundle schema 99"):
         load_bundle(copy)
 
 
 def test_bad_threshold_is_refused(copy: Path) -> None:
-    _rewrite_meta(copy, lambda m: m["decision"]["per_recipe"].update(vanilla=1.5))
+    rewrite_meta(copy, lambda m: m["decision"]["per_recipe"].update(vanilla=1.5))
     with pytest.raises(BundleError, match="outside"):
         load_bundle(copy)
 

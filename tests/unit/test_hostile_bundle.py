@@ -17,9 +17,9 @@ from lineguard.cli import app
 from lineguard.edge import BundleError, Predictor, load_bundle
 from lineguard.edge.bundle import BundleLimits
 from lineguard.edge.predictor import ImageFileError, NonFiniteScoreError
-from lineguard.edge.signing import Trust, generate_keypair, integrity_block
+from lineguard.edge.signing import Trust, generate_keypair
 from lineguard.export.bundle import sign_bundle
-from tests.unit._edge_bundles import grey, make_toy_bundle, toy_onnx
+from tests.unit._edge_bundles import grey, make_toy_bundle, rewrite_meta, toy_onnx
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +32,6 @@ def copy(bundle_dir: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "copy"
     shutil.copytree(bundle_dir, dest)
     return dest
-
-
-def _edit(folder: Path, change, reseal: bool = True) -> None:
-    meta = json.loads((folder / "bundle.json").read_text())
-    change(meta)
-    if reseal:  # what an attacker who knows the format does: recompute the unkeyed digest
-        meta["integrity"] = integrity_block(meta)
-    (folder / "bundle.json").write_text(json.dumps(meta))
 
 
 # --- every byte that decides is covered --------------------------------------------------------------
@@ -55,7 +47,7 @@ def test_a_model_outside_the_bundle_never_runs(copy: Path, tmp_path: Path, where
         meta["model"].pop("sha256")
         meta["files"].pop("model.onnx")
 
-    _edit(copy, point_outside)
+    rewrite_meta(copy, point_outside)
     (copy / "model.onnx").unlink()
     with pytest.raises(BundleError, match="plain file name inside the bundle"):
         load_bundle(copy)
@@ -68,7 +60,7 @@ def test_a_model_no_hash_covers_is_refused(copy: Path) -> None:
         meta["files"].pop("model.onnx")
         meta["model"].pop("sha256")
 
-    _edit(copy, unlisted)
+    rewrite_meta(copy, unlisted)
     with pytest.raises(BundleError, match=r"does not list|not listed in files"):
         load_bundle(copy)
 
@@ -83,7 +75,7 @@ def test_a_model_no_hash_covers_is_refused(copy: Path) -> None:
     ],
 )
 def test_any_edit_of_bundle_json_is_caught(copy: Path, change) -> None:
-    _edit(copy, change, reseal=False)
+    rewrite_meta(copy, change, reseal=False)
     with pytest.raises(BundleError, match="edited after export"):
         load_bundle(copy)
 
@@ -91,7 +83,7 @@ def test_any_edit_of_bundle_json_is_caught(copy: Path, change) -> None:
 def test_nan_preprocessing_is_refused_and_a_nan_score_is_an_error_not_an_accept(copy: Path, bundle_dir: Path,
                                                                                 tmp_path: Path) -> None:
     # NaN is not JSON: no integrity digest can cover it, so such a bundle.json is refused as it stands.
-    _edit(copy, lambda m: m["preprocess"].update(std=[float("nan"), 0.5, 0.5]), reseal=False)
+    rewrite_meta(copy, lambda m: m["preprocess"].update(std=[float("nan"), 0.5, 0.5]), reseal=False)
     with pytest.raises(BundleError, match="canonical form"):
         load_bundle(copy)
     predictor = Predictor(bundle_dir)
@@ -112,7 +104,7 @@ def test_digest_pins_one_bundle(bundle_dir: Path, copy: Path) -> None:
     b = load_bundle(bundle_dir, check_model=False)
     assert b.digest.startswith("sha256:") and len(b.digest) == 71
     assert load_bundle(bundle_dir, check_model=False, expected_digest=b.digest).digest == b.digest
-    _edit(copy, lambda m: m.update(version="2"))
+    rewrite_meta(copy, lambda m: m.update(version="2"))
     with pytest.raises(BundleError, match="is pinned"):
         load_bundle(copy, check_model=False, trust=Trust(digest=b.digest))
 
@@ -130,7 +122,7 @@ def test_digest_pins_one_bundle(bundle_dir: Path, copy: Path) -> None:
     ],
 )
 def test_malformed_bundle_json_fields_are_named(copy: Path, change, message: str) -> None:
-    _edit(copy, change)
+    rewrite_meta(copy, change)
     with pytest.raises(BundleError, match=message):
         load_bundle(copy)
 
@@ -138,7 +130,7 @@ def test_malformed_bundle_json_fields_are_named(copy: Path, change, message: str
 def test_malformed_parity_block_is_named_by_verify(copy: Path) -> None:
     from lineguard.edge.predictor import verify_bundle
 
-    _edit(copy, lambda m: m.update(parity={"atol": "lots"}))
+    rewrite_meta(copy, lambda m: m.update(parity={"atol": "lots"}))
     with pytest.raises(BundleError, match="parity tolerance"):
         verify_bundle(copy)
 
@@ -286,7 +278,7 @@ def test_sign_verify_load_and_every_refusal(copy: Path, keys: dict[str, Path], t
     # Tampered bundle.json, resealed so its integrity holds: the signature no longer covers it.
     tampered = tmp_path / "tampered"
     shutil.copytree(copy, tampered)
-    _edit(tampered, lambda m: m["decision"].update(default_threshold=0.99))
+    rewrite_meta(tampered, lambda m: m["decision"].update(default_threshold=0.99))
     with pytest.raises(BundleError, match="signs another bundle"):
         load_bundle(tampered, trust=trusted)
     # Tampered model: its hash no longer matches (and rehashing it changes the digest the signature covers).
