@@ -40,7 +40,7 @@ import numpy as np
 
 from lineguard import LineguardError
 from lineguard.edge.bundle import Bundle
-from lineguard.edge.predictor import REJECT, ItemError, Prediction, Predictor
+from lineguard.edge.predictor import REJECT, Prediction, Predictor
 from lineguard.edge.sources import Frame, FrameSource
 from lineguard.edge.store import PredictionRecord
 
@@ -271,10 +271,7 @@ class EdgeRuntime:
         self._started_mono = time.monotonic()
         ended, error = "end_of_source", None
         try:
-            if self.settings.mode == "triggered":
-                ended = self._run_triggered()
-            else:
-                ended = self._run_free()
+            ended = self._run_triggered() if self.settings.mode == "triggered" else self._run_free()
             if self._stop.is_set() and ended == "end_of_source":
                 ended = "stopped"
         except Exception as exc:
@@ -378,10 +375,11 @@ class EdgeRuntime:
                 one = predictor.predict(frames[0].image, recipe)
                 assert isinstance(one, Prediction)
                 return [one]
-            return predictor.predict([f.image for f in frames], recipe)
+            return list(predictor.predict([f.image for f in frames], recipe))
         except LineguardError as exc:
             if len(frames) == 1:
-                return [self._failed(frames[0], exc)]
+                self._failed(frames[0], exc)
+                return [None]
         # One bad item fails its batch: decide each frame alone so the others still get their decision.
         out: list[Prediction | None] = []
         for f in frames:
@@ -390,7 +388,8 @@ class EdgeRuntime:
                 assert isinstance(one, Prediction)
                 out.append(one)
             except LineguardError as exc:
-                out.append(self._failed(f, exc))
+                self._failed(f, exc)
+                out.append(None)
         return out
 
     def _failed(self, frame: Frame, exc: BaseException) -> None:
@@ -398,7 +397,6 @@ class EdgeRuntime:
             self.failed += 1
             self.last_error = f"{frame.source}: {exc}"
         log.error("frame %s (%s) not decided: %s", frame.frame_id, frame.source, exc)
-        return None
 
     def _deliver(self, rec: PredictionRecord, image: np.ndarray | None, signal: Signal | None,
                  recorder: Recorder) -> bool:
@@ -454,6 +452,9 @@ class EdgeRuntime:
             known = self._predictor.bundle.recipes
             if known and recipe not in known:
                 raise LineguardError(f"recipe '{recipe}' is not one of the bundle's recipes: {', '.join(known)}")
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise LineguardError(f"an image to decide must be an HxWx3 uint8 RGB array, got "
+                                 f"{getattr(image, 'shape', None)} {getattr(image, 'dtype', type(image).__name__)}")
         use = recipe if recipe is not None else self._recipe
         with self._lock:
             self._submit_seq += 1

@@ -34,6 +34,7 @@ inside the sources that need it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -51,9 +52,9 @@ import numpy as np
 from lineguard import LineguardError
 
 __all__ = [
+    "CameraSource",
     "Capture",
     "CaptureOpener",
-    "CameraSource",
     "FolderSource",
     "Frame",
     "FrameSource",
@@ -116,7 +117,7 @@ class FrameSource(Protocol):
 class Capture(Protocol):
     """The part of ``cv2.VideoCapture`` a source uses; a test passes its own."""
 
-    def isOpened(self) -> bool: ...  # noqa: N802 (OpenCV's name)
+    def isOpened(self) -> bool: ...
 
     def read(self) -> tuple[bool, np.ndarray | None]: ...
 
@@ -566,15 +567,17 @@ class _LiveSource(_Source):
     times in a row or no frame arrives for ``frame_timeout_s`` -- even if the read call
     itself hangs: the hung reader is abandoned (it releases its capture if it ever returns)
     and a new connection is opened. Reconnect attempts back off from ``reconnect_min_s``,
-    doubling, capped at ``reconnect_max_s``.
+    doubling, capped at ``reconnect_max_s``. ``monotonic`` is the clock the silence is
+    measured with (a test passes its own).
     """
 
     drops_frames = True
 
     def __init__(self, label: str, opener: CaptureOpener, *, frame_timeout_s: float = 1.0,
                  reconnect_min_s: float = 0.1, reconnect_max_s: float = 2.0, max_read_failures: int = 3,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
         super().__init__(label, clock)
+        self._mono = monotonic
         if frame_timeout_s <= 0 or reconnect_min_s <= 0 or reconnect_max_s < reconnect_min_s:
             raise SourceError("frame_timeout_s and reconnect_min_s must be > 0 and reconnect_max_s >= reconnect_min_s")
         self._opener = opener
@@ -597,7 +600,7 @@ class _LiveSource(_Source):
                 self.frames_dropped += 1
             self._latest = frame
             self.frames_read += 1
-            self._last_frame_mono = time.monotonic()
+            self._last_frame_mono = self._mono()
             self._cond.notify_all()
 
     def _read_loop(self, cap: Capture, gone: threading.Event, ended: threading.Event) -> None:
@@ -621,10 +624,8 @@ class _LiveSource(_Source):
                 self._publish(img)
         finally:
             ended.set()
-            try:
+            with contextlib.suppress(Exception):  # a dead camera may fail to release; nothing more to do with it
                 cap.release()
-            except Exception:  # a dead camera may fail to release; nothing more to do with it
-                pass
 
     def _open(self) -> Capture | None:
         try:
@@ -634,10 +635,8 @@ class _LiveSource(_Source):
             return None
         if not cap.isOpened():
             self.last_error = f"cannot open {self.label}"
-            try:
+            with contextlib.suppress(Exception):
                 cap.release()
-            except Exception:
-                pass
             return None
         return cap
 
@@ -659,7 +658,7 @@ class _LiveSource(_Source):
             first = False
             backoff = self.reconnect_min_s
             self.last_error = None
-            self._last_frame_mono = time.monotonic()
+            self._last_frame_mono = self._mono()
             self.state = "connected"
             gone, ended = threading.Event(), threading.Event()
             reader = threading.Thread(target=self._read_loop, args=(cap, gone, ended),
@@ -670,7 +669,7 @@ class _LiveSource(_Source):
                 if ended.wait(_WAIT_S):
                     reason = self.last_error or "the stream ended"
                     break
-                silent = time.monotonic() - self._last_frame_mono
+                silent = self._mono() - self._last_frame_mono
                 if silent > self.frame_timeout_s:
                     reason = f"no frame for {silent:.1f} s"
                     break
@@ -680,7 +679,7 @@ class _LiveSource(_Source):
                 break
             self.disconnects += 1
             self.disconnected_at = self._clock()
-            self.last_detect_s = time.monotonic() - self._last_frame_mono
+            self.last_detect_s = self._mono() - self._last_frame_mono
             self.last_error = reason
             self.state = "disconnected"
             log.warning("%s disconnected (%s); reconnecting", self.label, reason)
@@ -817,9 +816,9 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "video": ("loop", "realtime", "prefetch", "opener", "clock"),
     "folder": ("watch", "settle_s", "poll_s", "recursive", "ledger", "prefetch", "max_bytes", "max_pixels", "clock"),
     "camera": ("width", "height", "fps", "opener", "frame_timeout_s", "reconnect_min_s", "reconnect_max_s",
-               "max_read_failures", "clock"),
+               "max_read_failures", "clock", "monotonic"),
     "url": ("open_timeout_s", "read_timeout_s", "opener", "frame_timeout_s", "reconnect_min_s", "reconnect_max_s",
-            "max_read_failures", "clock"),
+            "max_read_failures", "clock", "monotonic"),
     "push": ("capacity", "clock"),
 }
 
@@ -855,7 +854,7 @@ def open_source(spec: str, **options: Any) -> FrameSource:
     opts = {k: v for k, v in options.items() if v is not None}
     unknown = sorted(set(opts) - set(_OPTIONS[kind]))
     if unknown:
-        allowed = ", ".join(o for o in _OPTIONS[kind] if o not in ("opener", "clock"))
+        allowed = ", ".join(o for o in _OPTIONS[kind] if o not in ("opener", "clock", "monotonic"))
         raise SourceError(f"source option(s) {', '.join(unknown)} do not apply to a {kind} source; "
                           f"a {kind} source takes: {allowed or 'no options'}")
     s = str(spec).strip()

@@ -457,7 +457,7 @@ class Station:
     def metrics(self) -> dict[str, Any]:
         """The runtime's figures plus each outbox's backlog and the sync backlog."""
         m = self.runtime.metrics
-        m["outbox"] = {getattr(w, "sink").name: {"backlog": w.backlog, "delivered": w.delivered,
+        m["outbox"] = {w.sink.name: {"backlog": w.backlog, "delivered": w.delivered,
                                                     "failures": w.failures, "last_error": w.last_error}
                        for w in self.workers}
         if self.sync is not None:
