@@ -16,7 +16,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -q -e '.[all,dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: system-deps $(STAMP)
+
+# Debian packages the tests start for real: the mosquitto MQTT broker and a headless chromium for the dashboard.
+DEBS := mosquitto chromium
+system-deps:
+	@missing=""; for c in $(DEBS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends$$missing >/dev/null \
+	    || { echo "could not install$$missing with apt-get; install them, then run make again" >&2; exit 1; }; \
+	fi
 
 demo: install
 	$(BIN)/lineguard demo
