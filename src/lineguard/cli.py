@@ -1009,6 +1009,93 @@ def demo(
     console.print(f"total {sum(result.seconds.values()):.0f} s; everything is under {result.workdir}")
 
 
+# --- edge: the runtime on the line (RUNTIME helper, issue 12) -------------------------------------------
+
+edge_app = typer.Typer(
+    help=("The edge runtime: run a station -- frames from a camera, stream, video or folder are decided by a "
+          "bundle, written to the local store, and sent to the line (MQTT, webhook, PLC) through an outbox."),
+    no_args_is_help=True,
+)
+app.add_typer(edge_app, name="edge")
+
+
+@edge_app.command("run")
+def edge_run(
+    bundle: Annotated[Path | None, typer.Option(
+        "--bundle", "-b", help="The bundle that decides (made by: lineguard export); or 'bundle:' in station.yaml.",
+        show_default=False)] = None,
+    source: Annotated[str | None, typer.Option(
+        "--source", help=("Where frames come from: a video file, an image folder, a camera index (0, 1, ...), an "
+                          "rtsp:// or http:// MJPEG URL, or 'push' (frames posted to the API)."),
+        show_default=False)] = None,
+    sink: Annotated[list[str] | None, typer.Option(
+        "--sink", help=("Also send each decision to: '-' (JSON lines on stdout), jsonl:FILE, http(s)://URL "
+                        "(webhook), mqtt://HOST[:PORT], modbus://HOST[:PORT]. Repeatable."),
+        show_default=False)] = None,
+    station_config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="station.yaml: every setting of the station (see docs/runtime.md).",
+        show_default=False)] = None,
+    store: Annotated[Path | None, typer.Option(
+        "--store", help="The local store (SQLite) every decision is written to first (default: lineguard-store.db).",
+        show_default=False)] = None,
+    station: Annotated[str | None, typer.Option(
+        "--station", help="This station's name (letters, digits, . _ -): in records, topics and keys.",
+        show_default=False)] = None,
+    recipe: Annotated[str | None, typer.Option(
+        "--recipe", "-r", help="The recipe on the line now (selects its threshold; can change while running).",
+        show_default=False)] = None,
+    mode: Annotated[str | None, typer.Option(
+        "--mode", help="free: decide every frame; triggered: one frame per trigger (API, MQTT, PLC).",
+        show_default=False)] = None,
+    max_frames: Annotated[int | None, typer.Option(
+        "--max-frames", help="Stop after this many frames.", show_default=False)] = None,
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Folder source: keep waiting for new images instead of stopping when all are done.")] = False,
+    loop: Annotated[bool, typer.Option("--loop", help="Video source: start again at the end.")] = False,
+    realtime: Annotated[bool, typer.Option(
+        "--realtime", help="Video source: read at the video's frame rate, as a camera would deliver it.")] = False,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="ONNX Runtime threads (default: 1).", show_default=False)] = None,
+    trust_key: TrustKeyOpt = None,
+    digest: DigestOpt = None,
+) -> None:
+    """Run one station until the source ends (a video or folder) or SIGTERM / Ctrl-C.
+
+    Every decision is written to the local store first, then delivered to each sink through the store's outbox (nothing decided is lost while a sink is down). SIGTERM or Ctrl-C stops taking frames, records the frames already taken and exits 0. Several stations on one computer are several processes, each with its own --store.
+
+    Example:  lineguard edge run --bundle bundle/ --source line.avi --sink - --recipe vanilla
+    """
+    import json
+    import signal
+
+    from lineguard.edge.sinks import parse_sink
+    from lineguard.edge.station import load_station_config, open_station
+
+    extra = []
+    for text in sink or []:
+        spec = parse_sink(text)
+        extra.append({"kind": spec.kind, **spec.options})
+    overrides = {"station": station, "recipe": recipe, "mode": mode, "max_frames": max_frames, "threads": threads,
+                 "source.input": source, "store.path": str(store) if store is not None else None,
+                 "source.watch": True if watch else None, "source.loop": True if loop else None,
+                 "source.realtime": True if realtime else None}
+    cfg = load_station_config(station_config, overrides, extra)
+    bundle_path = bundle or (Path(cfg.bundle) if cfg.bundle else None)
+    if bundle_path is None:
+        raise LineguardError("no bundle: pass --bundle or set 'bundle:' in station.yaml")
+    trusted = _load_trusted(bundle_path, resolve_config(None, None), trust_key, digest)
+    opened = open_station(cfg, trusted)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: opened.runtime.request_stop())
+    err_console.print(f"station {escape(cfg.station)}: {escape(str(bundle_path))} on {escape(str(cfg.source.input))}"
+                      f" -> {escape(cfg.store.path)}" + (f" + {', '.join(s.sink_name for s in cfg.sinks)}"
+                                                        if cfg.sinks else ""), highlight=False)
+    summary = opened.run()
+    err_console.print(json.dumps(summary.to_dict()), highlight=False, markup=False, soft_wrap=True)
+    if summary.ended == "error":
+        raise typer.Exit(1)
+
+
 def _fmt_metrics(metrics: dict[str, object]) -> str:
     keys = ("balanced_accuracy", "ece", "false_reject_rate", "escape_rate", "median_ms", "p99_ms")
     parts = []

@@ -53,7 +53,7 @@ MODES: tuple[str, ...] = ("free", "triggered")
 # Upper bounds (ms) of the latency histogram /metrics exposes, Prometheus-style (cumulative, then +Inf).
 LATENCY_BUCKETS_MS: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601, as lineguard.preprocess.image_stats
-_STATS_PIXELS = 4096  # cheap statistics look at about this many pixels (a strided subsample)
+_STATS_PIXELS = 1024  # cheap statistics look at about this many pixels (a strided subsample)
 
 
 class Recorder(Protocol):
@@ -137,13 +137,15 @@ def frame_stats(image: np.ndarray) -> dict[str, float]:
     """Cheap statistics of a frame: luma ``brightness`` (mean) and ``contrast`` (standard deviation).
 
     BT.601 luma, as :func:`lineguard.preprocess.image_stats` computes for a bundle's
-    reference statistics, on a strided subsample of about 4,096 pixels, so the cost is
-    the same (a few microseconds) whatever the camera's resolution.
+    reference statistics, on a strided subsample of about 1,024 pixels, so the cost is
+    the same (tens of microseconds) whatever the camera's resolution; on camera images the
+    estimate is within a grey level or two of the full image's (the mean error is smaller).
     """
     h, w = image.shape[:2]
     step = max(1, int(math.sqrt(h * w / _STATS_PIXELS)))
-    luma = image[::step, ::step].astype(np.float32) @ _LUMA
-    return {"brightness": float(luma.mean()), "contrast": float(luma.std())}
+    luma = np.ascontiguousarray(image[::step, ::step]).reshape(-1, 3) @ _LUMA
+    mean = float(luma.mean())
+    return {"brightness": mean, "contrast": math.sqrt(max(0.0, float(np.dot(luma, luma)) / luma.size - mean * mean))}
 
 
 class EdgeRuntime:
