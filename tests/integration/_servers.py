@@ -116,8 +116,9 @@ class ModbusServer:
     def _make_context(self) -> Any:
         from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
 
-        device = ModbusDeviceContext(co=ModbusSequentialDataBlock(0, [False] * 200),
-                                     hr=ModbusSequentialDataBlock(0, [0] * 200))
+        # block address 1 is protocol address 0 in pymodbus's (legacy) datastore
+        device = ModbusDeviceContext(co=ModbusSequentialDataBlock(1, [False] * 200),
+                                     hr=ModbusSequentialDataBlock(1, [0] * 200))
         return ModbusServerContext(device, single=True)
 
     @property

@@ -93,6 +93,7 @@ class JsonLinesSink:
         self.fsync = fsync
         self._lock = threading.Lock()
         self._file: IO[bytes] | None = None
+        self._closed = False
         if self.path == "-":
             return
         target = Path(self.path)
@@ -112,6 +113,8 @@ class JsonLinesSink:
         """Write the message as one line and flush it (and fsync, if asked)."""
         line = _json_body(message) + b"\n"
         with self._lock:
+            if self._closed:
+                raise SinkError(f"jsonl sink {self.path!r} is closed")
             try:
                 if self._file is None:
                     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
@@ -132,6 +135,7 @@ class JsonLinesSink:
     def close(self) -> None:
         """Close the file (stdout is left open)."""
         with self._lock:
+            self._closed = True
             if self._file is not None:
                 self._file.close()
                 self._file = None
