@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -59,11 +59,12 @@ def plc(modbus_server: ModbusServer) -> Iterator[Plc]:
 class Rec:
     decision: str
     score: float
+    time: float = field(default_factory=time.time)
 
 
-def message(i: int, decision: str, score: float) -> OutboxMessage:
-    return OutboxMessage(id=i, sink="modbus", key=f"st1:f{i}",
-                         payload={"station": "st1", "decision": decision, "score": score}, attempts=0, created_at=0.0)
+def message(i: int, decision: str, score: float, *, age_s: float = 0.0) -> OutboxMessage:
+    payload = {"station": "st1", "decision": decision, "score": score, "time": time.time() - age_s}
+    return OutboxMessage(id=i, sink="modbus", key=f"st1:f{i}", payload=payload, attempts=0, created_at=0.0)
 
 
 def test_decisions_are_written_where_the_map_says(modbus_server: ModbusServer, plc: Plc) -> None:
@@ -89,13 +90,37 @@ def test_decisions_are_written_where_the_map_says(modbus_server: ModbusServer, p
     assert sink.frames == 3
 
 
+def test_late_decisions_do_not_drive_the_plc(modbus_server: ModbusServer, plc: Plc) -> None:
+    """A reject replayed after an outage, or older than the decision on the PLC, must not move the coil."""
+    sink = ModbusSink("127.0.0.1", modbus_server.port, heartbeat_s=0, max_age_s=60.0)
+    try:
+        fresh = message(2, "accept", 0.1)
+        sink.send(fresh)
+        sink.send(message(1, "reject", 0.9, age_s=3600.0))  # an outbox replay: stale
+        older = OutboxMessage(3, "modbus", "st1:f3", {**fresh.payload, "decision": "reject",
+                                                      "time": fresh.payload["time"] - 0.5}, 0, 0.0)
+        sink.send(older)  # fresh enough, but older than what the PLC shows: superseded
+        assert plc.coil(0) is False and plc.registers(0, 3) == [1, 100, 1]
+        assert (sink.frames, sink.stale, sink.superseded) == (1, 1, 1)
+        sink.signal_now(Rec("reject", 0.95))
+        assert plc.coil(0) is True and plc.registers(0, 3) == [2, 950, 2]
+    finally:
+        sink.close()
+    unlimited = ModbusSink("127.0.0.1", modbus_server.port, heartbeat_s=0, max_age_s=None)
+    try:
+        unlimited.send(message(4, "accept", 0.2, age_s=3600.0))  # max_age_s=None: written however late
+        assert plc.coil(0) is False and plc.registers(0, 2) == [1, 200]
+    finally:
+        unlimited.close()
+
+
 def test_bad_payloads_are_rejected_for_good(modbus_server: ModbusServer) -> None:
     sink = ModbusSink("127.0.0.1", modbus_server.port, heartbeat_s=0)
     try:
         with pytest.raises(SinkRejected, match="decision must be"):
             sink.send(message(1, "maybe", 0.5))
         with pytest.raises(SinkRejected, match="numeric score"):
-            sink.send(OutboxMessage(1, "modbus", "st1:x", {"decision": "reject"}, 0, 0.0))
+            sink.send(OutboxMessage(1, "modbus", "st1:x", {"decision": "reject", "time": time.time()}, 0, 0.0))
         with pytest.raises(SinkRejected, match="finite"):
             sink.signal_now(Rec("reject", float("nan")))
     finally:

@@ -182,3 +182,14 @@ def test_mqtt_sink_topic_for_payloads() -> None:
             sink.send(message(1))
     finally:
         sink.close()
+
+
+def test_importing_the_sinks_loads_no_line_library() -> None:
+    """paho-mqtt and pymodbus are imported by the classes that use them, never by importing the module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lineguard.edge.sinks as s; s.SinkSpec('mqtt'); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'paho', 'pymodbus', 'pydantic', 'torch'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

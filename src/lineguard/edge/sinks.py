@@ -666,22 +666,35 @@ class ModbusSink:
     heartbeat thread increments the heartbeat register every ``heartbeat_s`` (0 turns it
     off). :meth:`signal_now` is the same write, called by the inference loop for the reject
     signal within the frame's budget; the outbox then records this sink's row as sent.
-    A send through the outbox (a retry after an outage) writes the record late: the PLC
-    tells fresh from late by the frame counter. Requests time out after ``timeout_s``;
-    a connection problem is a :class:`SinkError` and the next request reconnects.
+
+    The PLC's registers hold *the current decision*, not a log, and a late reject coil
+    could throw out the wrong part. So a decision is written only while it is fresh: one
+    captured (its ``time``) more than ``max_age_s`` ago -- an outbox replay after a PLC
+    outage -- is acknowledged without a write and counted in ``stale``, and one older than
+    the decision already written is counted in ``superseded`` (the record itself is in the
+    store either way; ``max_age_s=None`` writes every decision, late or not). Requests
+    time out after ``timeout_s``; a connection problem is a :class:`SinkError` and the next
+    request reconnects.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 502, *, unit: int = 1,
                  registers: ModbusMap | Mapping[str, int] | None = None, timeout_s: float = 1.0,
-                 heartbeat_s: float = 1.0, name: str = "modbus") -> None:
+                 heartbeat_s: float = 1.0, max_age_s: float | None = 2.0, name: str = "modbus") -> None:
         if heartbeat_s < 0:
             raise SinkConfigError(f"modbus sink: heartbeat_s must be >= 0 (0 = off), got {heartbeat_s!r}")
+        if max_age_s is not None and not max_age_s > 0:
+            raise SinkConfigError(f"modbus sink: max_age_s must be > 0 or null (no limit), got {max_age_s!r}")
         self.name = name
         self.registers = ModbusMap.from_options(registers) if registers is not None else ModbusMap()
         self._link = _ModbusLink(host, port, unit=unit, timeout_s=timeout_s, what="modbus sink")
+        self.max_age_s = None if max_age_s is None else float(max_age_s)
         self.frames = 0
+        self.stale = 0
+        self.superseded = 0
         self.heartbeats = 0
         self.heartbeat_s = float(heartbeat_s)
+        self._written_time = -math.inf
+        self._write_lock = threading.Lock()  # the loop's signal_now and the outbox worker's send
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         if self.heartbeat_s > 0:
@@ -700,29 +713,40 @@ class ModbusSink:
 
     def signal_now(self, record: _Decided) -> None:
         """Write this decision (reject coil first) to the PLC now; SinkError if the PLC is unreachable."""
-        self._write(record.decision, record.score, what="signal")
+        self._write(record.decision, record.score, getattr(record, "time", None), what="signal")
 
     def send(self, message: OutboxMessage) -> None:
-        """Write the message's decision and score; SinkRejected for a payload without them."""
+        """Write the message's decision and score if still fresh; SinkRejected for a payload without them."""
         decision, score = message.payload.get("decision"), message.payload.get("score")
         if isinstance(score, bool) or not isinstance(score, int | float):
             raise SinkRejected(f"modbus sink: message {message.key} has no numeric score")
-        self._write(decision, float(score), what=message.key)
+        when = message.payload.get("time")
+        self._write(decision, float(score), when if isinstance(when, int | float) else None, what=message.key)
 
-    def _write(self, decision: object, score: float, *, what: str) -> None:
+    def _write(self, decision: object, score: float, when: float | None, *, what: str) -> None:
         if decision not in ("accept", "reject"):
             raise SinkRejected(f"modbus sink: {what}: decision must be 'accept' or 'reject', got {decision!r}")
         if not math.isfinite(score):
             raise SinkRejected(f"modbus sink: {what}: score must be finite, got {score!r}")
         reg = self.registers
-        self._link.call("write_coil", reg.reject_coil, decision == "reject")
-        counter = (self.frames + 1) % 65536
-        values = [(reg.result_register, REJECT_VALUE if decision == "reject" else ACCEPT_VALUE),
-                  (reg.score_register, round(min(max(score, 0.0), 1.0) * 1000)),
-                  (reg.frame_counter_register, counter)]
-        for start, run in _consecutive_runs(values):
-            self._link.call("write_registers", start, run)
-        self.frames += 1
+        with self._write_lock:
+            if when is not None:
+                if self.max_age_s is not None and time.time() - when > self.max_age_s:
+                    self.stale += 1
+                    return
+                if when < self._written_time:
+                    self.superseded += 1
+                    return
+            self._link.call("write_coil", reg.reject_coil, decision == "reject")
+            counter = (self.frames + 1) % 65536
+            values = [(reg.result_register, REJECT_VALUE if decision == "reject" else ACCEPT_VALUE),
+                      (reg.score_register, round(min(max(score, 0.0), 1.0) * 1000)),
+                      (reg.frame_counter_register, counter)]
+            for start, run in _consecutive_runs(values):
+                self._link.call("write_registers", start, run)
+            self.frames += 1
+            if when is not None:
+                self._written_time = when
 
     def _beat(self) -> None:
         """Increment the heartbeat register until closed; failures are remembered, never fatal."""
