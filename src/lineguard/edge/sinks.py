@@ -28,6 +28,7 @@ paho-mqtt and pymodbus (the ``line`` extra) are imported only by the classes tha
 from __future__ import annotations
 
 import difflib
+import http.client
 import json
 import logging
 import math
@@ -197,7 +198,7 @@ class WebhookSink:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             raise SinkError(f"{where}: {type(reason).__name__}: {reason} (timeout {self.timeout_s:g} s)") from None
-        except Exception as exc:  # http.client.HTTPException and friends: a broken response
+        except http.client.HTTPException as exc:  # a broken response (bad status line, incomplete read)
             raise SinkError(f"{where}: {type(exc).__name__}: {exc}") from None
         if not 200 <= status < 300:
             raise SinkError(f"{where}: unexpected HTTP {status}")
