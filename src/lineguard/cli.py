@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from lineguard import LineguardError, __version__
-from lineguard.config import LineguardConfig, load_config
 
 if TYPE_CHECKING:
+    from lineguard.config import LineguardConfig
     from lineguard.edge.bundle import Bundle, BundleLimits
     from lineguard.edge.signing import Trust
 
@@ -62,6 +62,8 @@ SetOpt = Annotated[
 
 def resolve_config(config: Path | None, overrides: list[str] | None) -> LineguardConfig:
     """The config every command uses: file (or defaults) with --set overrides on top."""
+    from lineguard.config import load_config  # imported here: `lineguard --help` and `edge run` stay quick
+
     return load_config(config, overrides or [])
 
 
@@ -1083,7 +1085,13 @@ def edge_run(
     bundle_path = bundle or (Path(cfg.bundle) if cfg.bundle else None)
     if bundle_path is None:
         raise LineguardError("no bundle: pass --bundle or set 'bundle:' in station.yaml")
-    trusted = _load_trusted(bundle_path, resolve_config(None, None), trust_key, digest)
+    if Path("lineguard.yaml").is_file():  # its trust and limits sections apply, as for `lineguard predict`
+        trusted = _load_trusted(bundle_path, resolve_config(None, None), trust_key, digest)
+    else:  # the defaults, without importing the config module (a quick start: TARGETS P5)
+        from lineguard.edge import load_bundle
+        from lineguard.edge.signing import trust_from
+
+        trusted = load_bundle(bundle_path, trust=trust_from(list(trust_key or []), digest))
     opened = open_station(cfg, trusted)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: opened.runtime.request_stop())
