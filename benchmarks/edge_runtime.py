@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-REPO = Path(__file__).resolve().parent.parent
-
 from _report import args_for_docs, load_note, write_section
+
+REPO = Path(__file__).resolve().parent.parent
 
 P2_2CORES, P2_1THREAD, P2_OVERHEAD = 500.0, 250.0, 0.30
 P5_RSS_MB, P5_FIRST_S = 150.0, 1.0

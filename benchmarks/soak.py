@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-REPO = Path(__file__).resolve().parent.parent
-
 from _report import args_for_docs, load_note, write_section
+
+REPO = Path(__file__).resolve().parent.parent
 
 R9_GROWTH_MB = 20.0
 
