@@ -61,8 +61,12 @@ class Recorder(Protocol):
 
     ``image`` is the decoded frame (the store keeps it only when its sampling policy
     wants it); ``sent`` names the sinks the ``signal`` hook already delivered the
-    decision to (their outbox rows are recorded as sent). A recorder may also have
-    ``flush()``, called when the loop stops.
+    decision to (their outbox rows are recorded as sent). ``record`` returns once the
+    decision is kept (the store: committed). A recorder may also have
+    ``record_batch(items)`` -- a list of ``(rec, image, sent)`` kept in order, in as few
+    transactions as it can; when it raises, none of them counts as kept (some may be: the
+    idempotency key makes deciding them again safe) -- used for the batches of file
+    sources, and ``flush()``, called when the loop stops.
     """
 
     def record(self, rec: PredictionRecord, image: np.ndarray | None, sent: Sequence[str] = ()) -> None: ...
@@ -349,14 +353,15 @@ class EdgeRuntime:
         return _MISSED
 
     def _process(self, frames: Sequence[Frame]) -> None:
-        """Decide, signal and record a batch of taken frames; acknowledge them to the source."""
+        """Decide a batch of taken frames, signal its rejects, record it; acknowledge what was recorded."""
         recipe = self._recipe
         predictor = self._predictor
         with self._lock:
             self.frames += len(frames)
         preds = self._decide(predictor, frames, recipe)
-        settings, stats_fn, signal, recorder = self.settings, self.stats_fn, self.signal, self.recorder
+        station, stats_fn = self.settings.station, self.stats_fn
         done: list[Frame] = []
+        items: list[tuple[Frame, PredictionRecord, Sequence[str]]] = []
         for frame, pred in zip(frames, preds, strict=True):
             if pred is None:
                 done.append(frame)  # undecidable (counted, logged): not retried
@@ -364,11 +369,13 @@ class EdgeRuntime:
             stats = frame_stats(frame.image)
             if stats_fn is not None:
                 stats.update(stats_fn(frame.image))
-            rec = PredictionRecord(frame.frame_id, frame.time, settings.station, frame.source, recipe, pred.label,
+            rec = PredictionRecord(frame.frame_id, frame.time, station, frame.source, recipe, pred.label,
                                    pred.score, pred.decision, pred.threshold, pred.bundle_name,
                                    pred.bundle_version, pred.latency_ms, stats)
-            if self._deliver(rec, frame.image, signal, recorder):
-                done.append(frame)
+            items.append((frame, rec, self._signal_reject(rec)))
+        if items:
+            recorded = self._record(items)
+            done.extend(frame for (frame, _, _), ok in zip(items, recorded, strict=True) if ok)
         self.source.ack(done)
 
     def _decide(self, predictor: Predictor, frames: Sequence[Frame], recipe: str | None) -> list[Prediction | None]:
@@ -400,38 +407,61 @@ class EdgeRuntime:
             self.last_error = f"{frame.source}: {exc}"
         log.error("frame %s (%s) not decided: %s", frame.frame_id, frame.source, exc)
 
-    def _deliver(self, rec: PredictionRecord, image: np.ndarray | None, signal: Signal | None,
-                 recorder: Recorder) -> bool:
-        """Signal a reject, record the decision, count it; False when the recorder failed."""
-        sent: Sequence[str] = ()
-        rejected = rec.decision == REJECT
-        if rejected and signal is not None:
-            try:
-                sent = signal(rec) or ()
-            except Exception as exc:  # the line signal failing must not stop the loop; the outbox retries it
-                with self._lock:
-                    self.signal_errors += 1
-                    self.last_error = f"reject signal: {exc}"
-                log.error("reject signal for %s failed: %s", rec.key, exc)
-        ok = True
+    def _signal_reject(self, rec: PredictionRecord) -> Sequence[str]:
+        """Send a reject to the line at once (the ``signal`` hook); the sinks it reached, () otherwise."""
+        if rec.decision != REJECT or self.signal is None:
+            return ()
         try:
-            recorder.record(rec, image, sent)
-        except Exception as exc:
-            ok = False
+            return tuple(self.signal(rec) or ())
+        except Exception as exc:  # the line signal failing must not stop the loop; the outbox retries it
             with self._lock:
-                self.record_errors += 1
-                self.last_error = f"record {rec.key}: {exc}"
-            log.error("could not record %s: %s", rec.key, exc)
-        latency = rec.latency_ms
+                self.signal_errors += 1
+                self.last_error = f"reject signal: {exc}"
+            log.error("reject signal for %s failed: %s", rec.key, exc)
+            return ()
+
+    def _record(self, items: Sequence[tuple[Frame, PredictionRecord, Sequence[str]]]) -> list[bool]:
+        """Hand decisions to the recorder (a batch in one call when it has ``record_batch``); count them.
+
+        Returns, per decision, whether it was recorded.
+        """
+        recorder = self.recorder
+        batch = getattr(recorder, "record_batch", None)
+        ok: list[bool]
+        if len(items) > 1 and callable(batch):
+            try:
+                batch([(rec, frame.image, sent) for frame, rec, sent in items])
+                ok = [True] * len(items)
+            except Exception as exc:
+                ok = [False] * len(items)
+                self._record_failed(f"record {len(items)} decisions from {items[0][1].key}", exc, len(items))
+        else:
+            ok = []
+            for frame, rec, sent in items:
+                try:
+                    recorder.record(rec, frame.image, sent)
+                    ok.append(True)
+                except Exception as exc:
+                    ok.append(False)
+                    self._record_failed(f"record {rec.key}", exc, 1)
         with self._lock:
-            self.decided += 1
-            self.rejects += rejected
-            self.recorded += ok
-            per = self._decisions.setdefault(rec.recipe or "", {"accept": 0, "reject": 0})
-            per[rec.decision] += 1
-            self._lat_counts[bisect.bisect_left(LATENCY_BUCKETS_MS, latency)] += 1
-            self._lat_sum += latency
+            for (_, rec, _), recorded in zip(items, ok, strict=True):
+                latency = rec.latency_ms
+                rejected = rec.decision == REJECT
+                self.decided += 1
+                self.rejects += rejected
+                self.recorded += recorded
+                per = self._decisions.setdefault(rec.recipe or "", {"accept": 0, "reject": 0})
+                per[rec.decision] += 1
+                self._lat_counts[bisect.bisect_left(LATENCY_BUCKETS_MS, latency)] += 1
+                self._lat_sum += latency
         return ok
+
+    def _record_failed(self, what: str, exc: BaseException, n: int) -> None:
+        with self._lock:
+            self.record_errors += n
+            self.last_error = f"{what}: {exc}"
+        log.error("could not %s: %s", what, exc)
 
     def _flush(self) -> None:
         flush = getattr(self.recorder, "flush", None)
@@ -471,7 +501,8 @@ class EdgeRuntime:
         rec = PredictionRecord(frame_id, t, self.settings.station, "api", use, pred.label, pred.score,
                                pred.decision, pred.threshold, pred.bundle_name, pred.bundle_version,
                                pred.latency_ms, stats)
-        if not self._deliver(rec, image, self.signal, self.recorder):
+        frame = Frame(image, frame_id, t, "api")
+        if not self._record([(frame, rec, self._signal_reject(rec))])[0]:
             raise LineguardError(f"decided {rec.key} ({rec.decision}) but could not record it: {self.last_error}")
         return rec
 
