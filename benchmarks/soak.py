@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +51,7 @@ def sample() -> dict[str, float]:
 
 
 def soak(bundle: Path, video: Path, workdir: Path, minutes: float, fps: float, sample_s: float) -> dict[str, Any]:
+    """Run the station for ``minutes`` in this process, sampling it; the figures as a dict."""
     from lineguard.edge.sources import VideoFileSource
     from lineguard.edge.station import load_station_config, open_station
 
@@ -62,17 +64,26 @@ def soak(bundle: Path, video: Path, workdir: Path, minutes: float, fps: float, s
     t0 = time.monotonic()
     done = threading.Event()
 
+    def take() -> dict[str, float]:
+        s = sample()
+        s["t_s"] = time.monotonic() - t0
+        s["decided"] = float(station.runtime.decided)
+        return s
+
     def sampler() -> None:
-        while not done.is_set():
-            s = sample()
-            s["t_s"] = time.monotonic() - t0
-            s["decided"] = float(station.runtime.decided)
+        while not done.wait(sample_s):
+            s = take()
             samples.append(s)
             print(f"  {s['t_s']:7.1f} s  decided {s['decided']:8.0f}  RSS {s['rss_mb']:6.1f} MB  fds {s['fds']:3.0f}  "
                   f"threads {s['threads']:3.0f}", flush=True)
-            done.wait(sample_s)
 
-    timer = threading.Timer(minutes * 60.0, station.runtime.request_stop)
+    def finish() -> None:
+        samples.append(take())  # the last sample while running
+        done.set()
+        station.runtime.request_stop()
+
+    samples.append(take())
+    timer = threading.Timer(minutes * 60.0, finish)
     timer.daemon = True
     watcher = threading.Thread(target=sampler, daemon=True)
     watcher.start()
@@ -80,20 +91,18 @@ def soak(bundle: Path, video: Path, workdir: Path, minutes: float, fps: float, s
     summary = station.run()
     done.set()
     watcher.join(5)
-    end = sample()
-    end["t_s"] = time.monotonic() - t0
-    end["decided"] = float(summary.decided)
-    samples.append(end)
+    closed = sample()  # after the station closed: its threads and files are gone again
     warm = min(60.0, minutes * 6.0)
     base = next((s for s in samples if s["t_s"] >= warm), samples[0])
     after = [s for s in samples if s["t_s"] >= base["t_s"]]
+    end = samples[-1]
     return {
         "minutes": minutes, "fps_asked": fps, "decided": summary.decided, "recorded": summary.recorded,
         "dropped": summary.dropped, "fps": summary.decided / max(1e-9, summary.duration_s),
         "rss_start_mb": samples[0]["rss_mb"], "rss_base_mb": base["rss_mb"], "rss_end_mb": end["rss_mb"],
         "rss_max_mb": max(s["rss_mb"] for s in samples), "growth_mb": end["rss_mb"] - base["rss_mb"],
         "fds": sorted({int(s["fds"]) for s in after}), "threads": sorted({int(s["threads"]) for s in after}),
-        "base_t_s": base["t_s"], "samples": samples, "ended": summary.ended,
+        "closed": closed, "base_t_s": base["t_s"], "samples": samples, "ended": summary.ended,
     }
 
 
@@ -105,7 +114,13 @@ def main() -> int:
     ap.add_argument("--bundle", type=Path, help="bundle to run (default: the toy bundle of the tests)")
     ap.add_argument("--json", type=Path, help="also write every sample to this JSON file")
     ap.add_argument("--no-write", action="store_true", help="print only, do not touch docs/benchmarks.md")
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # the station's own process: edge imports only
     args = ap.parse_args()
+    if args.child:
+        c = json.loads(args.child)
+        r = soak(Path(c["bundle"]), Path(c["video"]), Path(c["workdir"]), c["minutes"], c["fps"], c["sample_s"])
+        print("SOAK " + json.dumps(r), flush=True)
+        return 0
 
     from lineguard import synth
 
@@ -118,7 +133,24 @@ def main() -> int:
             from tests.unit._edge_bundles import make_toy_bundle
 
             bundle = make_toy_bundle(tmp / "toy")
-        r = soak(bundle, Path(video), tmp, args.minutes, args.fps, args.sample_s)
+        # The station runs in a process of its own, without the training stack this one imported to build
+        # the video and the bundle, so its memory is the station's.
+        child = json.dumps({"bundle": str(bundle), "video": str(video), "workdir": str(tmp), "minutes": args.minutes,
+                            "fps": args.fps, "sample_s": args.sample_s})
+        env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        proc = subprocess.Popen([sys.executable, __file__, "--child", child], stdout=subprocess.PIPE, text=True,
+                                env=env)
+        result = None
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("SOAK "):
+                result = json.loads(line[5:])
+            else:
+                print(line, end="", flush=True)
+        if proc.wait() != 0 or result is None:
+            print(f"the soak process failed (exit {proc.returncode})", file=sys.stderr)
+            return 1
+        r = result
     if args.json:
         args.json.write_text(json.dumps(r, indent=1))
     flat_fds, flat_threads = len(r["fds"]) == 1, len(r["threads"]) == 1
@@ -136,6 +168,10 @@ def main() -> int:
         f"{r['rss_base_mb']:.1f} / {r['rss_end_mb']:.1f} / {r['rss_max_mb']:.1f} | {r['growth_mb']:+.1f} {ok} | "
         f"{', '.join(map(str, r['fds']))} {'✅' if flat_fds else '❌'} | "
         f"{', '.join(map(str, r['threads']))} {'✅' if flat_threads else '❌'} |",
+        "",
+        f"After the station closed: {r['closed']['fds']:.0f} open fds, {r['closed']['threads']:.0f} threads "
+        f"(RSS {r['closed']['rss_mb']:.1f} MB). The station ran in a process of its own (edge imports only); "
+        f"{r['recorded']} decisions recorded, ended: {r['ended']}.",
         "",
         load_note(),
     ])

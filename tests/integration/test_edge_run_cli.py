@@ -165,3 +165,43 @@ def test_edge_run_unknown_station_yaml_key_is_named_with_a_suggestion(bundle: Pa
     cfg.write_text("station: cell-1\nsource:\n  input: push\n  capacty: 4\n")
     proc = _lineguard("edge", "run", "--bundle", str(bundle), "--config", str(cfg))
     assert proc.returncode == 2 and "unknown key 'source.capacty'; did you mean 'capacity'?" in proc.stderr
+
+
+def test_store_recorder_keeps_order_images_and_the_signalled_sink_as_sent(tmp_path: Path) -> None:
+    """The loop's adapter over the real store: batches in order, PNG only when sampled, a signalled sink sent."""
+    import sqlite3
+
+    import numpy as np
+
+    from lineguard.edge.station import StoreRecorder, encode_png
+    from lineguard.edge.store import PredictionRecord, SamplePolicy, Store
+    from lineguard.preprocess import decode_image
+
+    store = Store(tmp_path / "s.db", sample=SamplePolicy(rejects=True, low_confidence_band=0.0, pass_share=0.0))
+    recorder = StoreRecorder(store, ["mqtt", "modbus"])
+    frame = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+
+    def rec(i: int, decision: str) -> PredictionRecord:
+        score = 0.9 if decision == "reject" else 0.1
+        return PredictionRecord(f"run-{i}", 1.0 + i, "cell-1", f"video:x#{i}", "vanilla", "bad" if score > 0.5 else
+                                "good", score, decision, 0.5, "toy", "1", 1.0, {"brightness": 1.0})
+
+    try:
+        recorder.record_batch([(rec(0, "accept"), frame, ()), (rec(1, "reject"), frame, ("modbus",)),
+                               (rec(2, "accept"), frame, ())])
+        recorder.record(rec(3, "accept"), frame)
+        rows = store.predictions(limit=10)
+        assert sorted(r["frame_id"] for r in rows) == ["run-0", "run-1", "run-2", "run-3"]
+        reject_id = next(r["id"] for r in rows if r["decision"] == "reject")
+        png = store.image(reject_id)
+        assert png is not None and np.array_equal(decode_image(png), frame)  # lossless, only the reject sampled
+        assert sum(store.image(r["id"]) is not None for r in rows) == 1
+        assert [m.key for m in store.outbox_pending("mqtt")] == [f"cell-1:run-{i}" for i in range(4)]
+        assert [m.key for m in store.outbox_pending("modbus")] == ["cell-1:run-0", "cell-1:run-2", "cell-1:run-3"]
+    finally:
+        store.close()
+    con = sqlite3.connect(tmp_path / "s.db")
+    sent = con.execute("SELECT key FROM outbox WHERE sink='modbus' AND status='sent'").fetchall()
+    con.close()
+    assert sent == [("cell-1:run-1",)]  # the reject coil went out at once: recorded as sent, never queued again
+    assert np.array_equal(decode_image(encode_png(frame)), frame)
