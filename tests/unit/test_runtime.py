@@ -362,3 +362,37 @@ def test_sigterm_stops_intake_drains_and_records_every_taken_frame(bundle: Path,
     lines = out.read_text().splitlines()
     assert summary["ended"] == "stopped" and summary["frames"] == summary["recorded"] == len(lines) >= 20
     assert len({json.loads(x)["key"] for x in lines}) == len(lines)
+
+
+class BatchRecorder(ListRecorder):
+    """A recorder with record_batch (as the store adapter has): batches arrive whole and in order."""
+
+    def __init__(self, fail_batch: int | None = None) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self.fail_batch = fail_batch
+
+    def record_batch(self, items: Sequence[tuple[PredictionRecord, np.ndarray | None, Sequence[str]]]) -> None:
+        if self.fail_batch is not None and len(self.batches) == self.fail_batch:
+            self.batches.append(-len(items))
+            raise OSError("database is locked")
+        self.batches.append(len(items))
+        for rec, image, sent in items:
+            self.record(rec, image, sent)
+
+
+def test_file_batches_go_to_record_batch_in_order(bundle: Path, video: Path) -> None:
+    rec = BatchRecorder()
+    summary = EdgeRuntime(bundle, VideoFileSource(video, prefetch=32), station=_settings(batch=8),
+                          recorder=rec).run()
+    assert summary.recorded == 40 and sum(rec.batches) == 40 and max(rec.batches) <= 8
+    assert [int(r.source.rsplit("#", 1)[1]) for r in rec.records] == list(range(40))
+
+
+def test_a_failed_batch_counts_every_decision_in_it(bundle: Path, video: Path) -> None:
+    rec = BatchRecorder(fail_batch=1)
+    rt = EdgeRuntime(bundle, VideoFileSource(video, prefetch=32), station=_settings(batch=8), recorder=rec)
+    summary = rt.run()
+    lost = -next(b for b in rec.batches if b < 0)
+    assert summary.decided == 40 and summary.record_errors == lost and summary.recorded == 40 - lost
+    assert "database is locked" in (rt.metrics["last_error"] or "")

@@ -65,8 +65,8 @@ class Recorder(Protocol):
     decision is kept (the store: committed). A recorder may also have
     ``record_batch(items)`` -- a list of ``(rec, image, sent)`` kept in order, in as few
     transactions as it can; when it raises, none of them counts as kept (some may be: the
-    idempotency key makes deciding them again safe) -- used for the batches of file
-    sources, and ``flush()``, called when the loop stops.
+    idempotency key makes deciding them again safe); the loop then uses it instead of
+    ``record`` -- and ``flush()``, called when the loop stops.
     """
 
     def record(self, rec: PredictionRecord, image: np.ndarray | None, sent: Sequence[str] = ()) -> None: ...
@@ -428,7 +428,7 @@ class EdgeRuntime:
         recorder = self.recorder
         batch = getattr(recorder, "record_batch", None)
         ok: list[bool]
-        if len(items) > 1 and callable(batch):
+        if callable(batch):
             try:
                 batch([(rec, frame.image, sent) for frame, rec, sent in items])
                 ok = [True] * len(items)
