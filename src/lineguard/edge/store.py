@@ -329,6 +329,10 @@ class Store:
         try:
             self._open_schema()
             self._pending = self._load_pending()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"the store '{self.path}' is damaged (SQLite says: {exc}); move it aside "
+                             "and start a new one, or restore it from a copy") from None
         except BaseException:
             self._db.close()
             raise
@@ -343,6 +347,8 @@ class Store:
             raise StoreError(f"cannot open the store '{self.path}': {exc}") from None
         try:
             con.execute("PRAGMA busy_timeout = 10000")
+            # Takes effect only on a new, empty database (before WAL mode writes its first page).
+            con.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"the store '{self.path}' cannot use WAL mode (got '{mode}'); "
@@ -405,8 +411,6 @@ class Store:
                 if others:
                     raise StoreError(f"'{self.path}' is an SQLite database but not a LineGuard store "
                                      f"(it has tables {', '.join(r[0] for r in others[:5])}, no 'meta')")
-                # auto_vacuum must be chosen before the first table exists.
-                db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 db.execute("BEGIN IMMEDIATE")
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
@@ -440,13 +444,11 @@ class Store:
             if self._closed:
                 return
             self._closed = True
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            with self._readers_lock:  # readers first: the last connection to close checkpoints the WAL
+                for con in self._readers:
+                    con.close()
+                self._readers.clear()
             self._db.close()
-        with self._readers_lock:
-            for con in self._readers:
-                con.close()
-            self._readers.clear()
 
     def __enter__(self) -> Store:
         return self
@@ -902,13 +904,18 @@ class Store:
         # Size: images first (uploaded ones first), then rows.
         order = [("images", "synced"), ("images", "any"), ("predictions", "synced"), ("predictions", "any")]
         for table, which in order:
-            while self._used_bytes() > self.max_bytes and (n := take(chunk)) > 0:
+            while (over := self._used_bytes() - self.max_bytes) > 0 and (n := take(chunk)) > 0:
                 with self.transaction() as db:
                     if table == "images":
                         bound = held_images if (which == "synced" and held_images is not None) else 1 << 62
-                        ids = [r[0] for r in db.execute(
-                            "SELECT prediction_id FROM images WHERE prediction_id <= ? ORDER BY prediction_id "
-                            "LIMIT ?", (bound, n))]
+                        ids, freed = [], 0
+                        for pid, size in db.execute(
+                                "SELECT prediction_id, size_bytes FROM images WHERE prediction_id <= ? ORDER BY "
+                                "prediction_id LIMIT ?", (bound, n)):
+                            ids.append(pid)
+                            freed += size
+                            if freed >= over:  # just enough of the oldest images, not a whole chunk
+                                break
                         if not ids:
                             break
                         marks = ",".join("?" * len(ids))
@@ -918,8 +925,9 @@ class Store:
                         lost = sum(1 for i in ids if held_images is not None and i > held_images)
                     else:
                         bound = held if (which == "synced" and held is not None) else 1 << 62
+                        rows_needed = max(1, min(n, over // 256 + 1))  # a row takes a few hundred bytes
                         ids = [r[0] for r in db.execute(
-                            "SELECT id FROM predictions WHERE id <= ? ORDER BY id LIMIT ?", (bound, n))]
+                            "SELECT id FROM predictions WHERE id <= ? ORDER BY id LIMIT ?", (bound, rows_needed))]
                         if not ids:
                             break
                         marks = ",".join("?" * len(ids))
@@ -934,8 +942,9 @@ class Store:
                         self._bump(db, "retention_unsynced", lost)
         if any(out.values()):
             with self._lock, contextlib.suppress(sqlite3.Error):
-                self._db.execute("PRAGMA incremental_vacuum")
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                # execute() steps this pragma once (one page); executescript() runs it to the end.
+                self._db.executescript("PRAGMA incremental_vacuum;")
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         return out
 
     def _used_bytes(self) -> int:
