@@ -152,7 +152,7 @@ def test_bad_settings_and_files_are_refused(tmp_path: Path) -> None:
         Store(tmp_path / "a.db", max_bytes=10)
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database at all" * 200)
-    with pytest.raises(StoreError, match="garbage.db' is not a"):
+    with pytest.raises(StoreError, match=r"garbage\.db' is not a"):
         Store(garbage)
     other = tmp_path / "other.db"
     with sqlite3.connect(other) as con:
