@@ -793,9 +793,8 @@ class Store:
 
     def outbox_backlog(self, sink: str | None = None) -> int:
         """Pending messages of one sink (or all sinks), from the in-memory count kept with each commit."""
-        if sink is None:
-            return sum(self._pending.values())
-        return self._pending.get(sink, 0)
+        with self._lock:
+            return sum(self._pending.values()) if sink is None else self._pending.get(sink, 0)
 
     # --- sync state (used by lineguard.edge.sync) ---------------------------------------------------
 
@@ -840,9 +839,13 @@ class Store:
             "db_bytes": db_bytes,
             "max_bytes": self.max_bytes,
             "sampling": level,
-            "outbox_backlog": dict(self._pending),
+            "outbox_backlog": self._pending_copy(),
             "sync_backlog": self.sync_backlog(),
         }
+
+    def _pending_copy(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._pending)
 
     def integrity_check(self) -> str:
         """``PRAGMA integrity_check`` on a fresh connection: ``"ok"`` or SQLite's description of the damage."""
