@@ -184,9 +184,13 @@ class OutboxWorker:
                 self._wake.wait(self.poll_s)
                 self._idle.clear()
                 continue
-            for message in messages:
-                if not self._deliver(message):
-                    break  # head-of-line failed (or stopping): re-read from the store, keep the order
+            try:
+                for message in messages:
+                    if not self._deliver(message):
+                        break  # head-of-line failed (or stopping): re-read from the store, keep the order
+            except Exception as exc:  # the store failed under us (closed, disk error): keep the thread
+                self.last_error = f"outbox store: {type(exc).__name__}: {exc}"
+                self._stop.wait(self.poll_s)
 
     def _deliver(self, message: OutboxMessage) -> bool:
         """Send one message until it is acknowledged or dead; False when the worker is stopping."""
@@ -195,6 +199,9 @@ class OutboxWorker:
         if wait > 0 and self._stop.wait(wait):
             return False
         while not self._stop.is_set():
+            # Read in batches, sent one by one: a row the bound marked dead meanwhile is not sent.
+            if self.store.outbox_status(message.id) != "pending":
+                return True
             try:
                 self.sink.send(message)
             except SinkRejected as exc:

@@ -766,6 +766,12 @@ class Store:
         return [OutboxMessage(int(r[0]), str(r[1]), str(r[2]), json.loads(r[3]), int(r[4]), float(r[5]),
                               float(r[6])) for r in rows]
 
+    def outbox_status(self, message_id: int) -> str | None:
+        """``pending`` / ``sent`` / ``dead`` for one outbox row, or None when it is gone."""
+        with self.read() as con:
+            row = con.execute("SELECT status FROM outbox WHERE id=?", (int(message_id),)).fetchone()
+        return None if row is None else str(row[0])
+
     def outbox_ack(self, message_id: int) -> None:
         """Mark a message delivered (even if it had meanwhile been marked dead by the size bound)."""
         self._outbox_finish(message_id, "sent", None)
