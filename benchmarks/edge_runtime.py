@@ -130,13 +130,13 @@ def status(key):
 
 seen = {}
 import lineguard.edge.station as station
-record = station.StoreRecorder.record
-def timed(self, rec, image, sent=()):
-    record(self, rec, image, sent)
+record_batch = station.StoreRecorder.record_batch
+def timed(self, items):
+    record_batch(self, items)
     if "t_first" not in seen:
         seen["t_first"] = time.time()
         seen["rss_first_mb"] = status("VmRSS")
-station.StoreRecorder.record = timed
+station.StoreRecorder.record_batch = timed
 def report():
     seen["rss_peak_mb"] = status("VmHWM")
     seen["torch"] = "torch" in sys.modules
