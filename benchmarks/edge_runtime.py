@@ -63,6 +63,8 @@ mode, bundle, video, threads, batch = args["mode"], args["bundle"], args["video"
 from lineguard.edge import Predictor
 from lineguard.edge.runtime import EdgeRuntime, RuntimeSettings
 from lineguard.edge.sources import VideoFileSource
+predictor = Predictor(bundle, threads=threads)
+recipe = (predictor.bundle.recipes or [None])[0]  # the threshold of a recipe, as on a line
 out = {"mode": mode}
 if mode == "pure":
     import cv2
@@ -73,18 +75,16 @@ if mode == "pure":
         if not ok:
             break
         frames.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-    predictor = Predictor(bundle, threads=threads)
     predictor.predict(frames[:batch])
     t = time.perf_counter()
     for i in range(0, len(frames), batch):
-        predictor.predict(frames[i:i + batch], "vanilla")
+        predictor.predict(frames[i:i + batch], recipe)
     out.update(frames=len(frames), seconds=time.perf_counter() - t)
 elif mode == "null":
     class Null:
         def record(self, rec, image, sent=()):
             pass
-    predictor = Predictor(bundle, threads=threads)
-    rt = EdgeRuntime(predictor, VideoFileSource(video), station=RuntimeSettings(station="bench", recipe="vanilla", batch=batch,
+    rt = EdgeRuntime(predictor, VideoFileSource(video), station=RuntimeSettings(station="bench", recipe=recipe, batch=batch,
                      threads=threads), recorder=Null())
     t = time.perf_counter()
     s = rt.run()
@@ -92,12 +92,11 @@ elif mode == "null":
 else:
     from lineguard.edge.station import load_station_config, open_station
     from lineguard.edge.store import Store
-    overrides = {"station": "bench", "recipe": "vanilla", "source.input": video, "store.path": args["store"], "threads": threads,
+    overrides = {"station": "bench", "recipe": recipe, "source.input": video, "store.path": args["store"], "threads": threads,
                  "batch": batch}
     if mode == "store_lean":
         overrides["store.sampling.low_confidence_band"] = 0.0
     cfg = load_station_config(None, overrides)
-    predictor = Predictor(bundle, threads=threads)
     station = open_station(cfg, predictor)
     t = time.perf_counter()
     s = station.run()
