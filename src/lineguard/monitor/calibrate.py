@@ -89,14 +89,19 @@ def excursion_peaks(paths: np.ndarray, k: float) -> np.ndarray:
     return np.concatenate(peaks) if peaks else np.zeros(0)
 
 
-def threshold_for_rate(peaks: np.ndarray, frames: int, rate: float, *, min_count: int = 30
-                       ) -> tuple[float, bool]:
-    """The ``h`` whose excursion peaks pass it ``rate`` times per frame: (h, extrapolated?)."""
+def threshold_for_rate(peaks: np.ndarray, frames: int, rate: float, *, min_count: int = 30,
+                       direct_count: int = 400) -> tuple[float, bool]:
+    """The ``h`` whose excursion peaks pass it ``rate`` times per frame: (h, extrapolated?).
+
+    Read off the sorted peaks when at least ``direct_count`` of them may pass; otherwise
+    the log-count of the peaks above h is fitted linearly in h over the tail (from
+    ``min_count`` peaks upwards) and extrapolated.
+    """
     if len(peaks) == 0:
         return 0.0, False
     p = np.sort(peaks)[::-1]
     want = rate * frames  # how many peaks may pass h
-    if want >= min_count:
+    if want >= direct_count and int(want) < len(p):
         return float(p[int(want)]), False
     top = p[: max(min_count * 20, 200)]
     counts = np.arange(1, len(top) + 1, dtype=np.float64)
@@ -117,12 +122,15 @@ def calibrate_cusum(
     k: float = 0.5,
     block: int = 1,
     group_sizes: np.ndarray | None = None,
-    steps: int = 2000,
-    chains: int = 2000,
+    steps: int = 1000,
+    chains: int = 1000,
     seed: int = 0,
 ) -> Calibration:
     """Thresholds ``h`` per column of ``z`` (reference standardised values, n x m) so that the m
     two-sided CUSUMs together alarm on average once per ``arl0`` in-control frames.
+
+    A signal that is constant over the reference gets ``h = inf`` (never fires): there is no
+    in-control spread to promise anything against.
 
     ``group_sizes`` (n): the number of reference values each row's standardisation was fitted
     on (the estimation error to simulate); None simulates a perfectly known reference.
@@ -141,6 +149,9 @@ def calibrate_cusum(
     rng = np.random.default_rng(seed)
     hs, fitted = np.zeros(m), np.zeros(m, bool)
     for j in range(m):
+        if float(np.std(zz[:, j])) < 1e-9:
+            hs[j] = np.inf  # constant in the reference: no in-control spread to calibrate against
+            continue
         paths = simulate_paths(zz[:, j], steps, chains, rng, block=block, group_sizes=group_sizes)
         hs[j], fitted[j] = threshold_for_rate(excursion_peaks(paths, k), steps * chains, 1.0 / per)
     return Calibration(float(k), hs, float(arl0), per, fitted)

@@ -271,7 +271,7 @@ class Monitor:
             "cusum_level": {n: float(v) for n, v in zip(self.names, level, strict=True)},
             "arl0": self.calibration.arl0,
             "k": self.k,
-            "thresholds": {n: float(v) for n, v in zip(self.names, self.h, strict=True)},
+            "thresholds": {n: (float(v) if np.isfinite(v) else None) for n, v in zip(self.names, self.h, strict=True)},
             "feedback": len(self._feedback),
         }
 
