@@ -56,8 +56,10 @@ def test_cusum_is_pure_and_restarts_after_firing() -> None:
 
 
 def test_clean_stream_stays_quiet() -> None:
+    """h = 10, k = 0.5: two-sided in-control ARL ~ 5 x 10^4 frames; 200,000 clean frames give a handful."""
     rng = np.random.default_rng(4)
-    assert _run_cusum(rng.standard_normal(20_000), 0.5, 12.0) == []  # in-control ARL ~ 5 x 10^5 at h=12
+    fired = _run_cusum(rng.standard_normal(200_000), 0.5, 10.0)
+    assert len(fired) <= 10, len(fired)
 
 
 def test_page_hinkley_detects_a_level_change_both_ways() -> None:

@@ -63,7 +63,7 @@ def test_any_frame_size_gives_all_signals() -> None:
 @pytest.mark.parametrize("bad", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.float32),
                                  np.zeros((2, 8, 3), np.uint8), [[1, 2, 3]]])
 def test_bad_images_are_named(bad: object) -> None:
-    with pytest.raises(SignalError, match="HxWx3 uint8|at least 3x3"):
+    with pytest.raises(SignalError, match=r"HxWx3 uint8|at least 3x3"):
         signal_vector(bad)  # type: ignore[arg-type]
     assert issubclass(SignalError, Exception) and MonitorError is not SignalError
 
