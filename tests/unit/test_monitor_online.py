@@ -154,3 +154,24 @@ def test_bundle_ships_the_calibrated_reference(tmp_path: Path) -> None:
     assert np.array_equal(mon.h, ref.calibration["h"])  # the shipped thresholds, not recalibrated
     assert mon.bundle_version == "toy:2"
     assert Monitor.from_bundle(bundle, arl0=2000.0).h[0] > mon.h[0]  # another promise: calibrated anew
+
+
+def test_the_monitors_in_place_detectors_equal_the_pure_step(reference: Reference) -> None:
+    """Monitor._cusum (the hot path) and drift.cusum_step fire on the same frames with the same start."""
+    from lineguard.monitor import CusumState, cusum_step
+
+    mon = Monitor(reference, arl0=200)  # a low ARL so that it fires often
+    rng = np.random.default_rng(9)
+    state = CusumState.zeros(len(reference.names))
+    for i in range(3000):
+        x, e = _frame(rng, "vanilla", shift=0.8 if i % 700 > 500 else 0.0)
+        fired = mon.update(x, e, None, "vanilla")
+        z = reference.standardise(np.append(x, reference.pca.signals(e)[0]) if reference.pca else x,
+                                  reference.row("vanilla"))
+        state, up, down = cusum_step(state, np.nan_to_num(z), mon.k, mon.h)
+        assert {a.signal for a in fired} == {reference.names[j] for j in np.flatnonzero(up | down)}
+        for a in fired:
+            j = reference.names.index(a.signal)
+            assert a.since == int(state.upper_since[j] if a.direction == "up" else state.lower_since[j])
+    assert mon.alarm_count > 5
+    assert np.allclose(mon.cusum_state.upper, state.upper) and np.allclose(mon.cusum_state.lower, state.lower)

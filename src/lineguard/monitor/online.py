@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from lineguard.monitor.calibrate import Calibration, calibrate_cusum
-from lineguard.monitor.drift import CusumState, cusum_step, ks_test, mmd_test, psi, shift_estimate
+from lineguard.monitor.drift import CusumState, ks_test, mmd_test, psi, shift_estimate
 from lineguard.monitor.estimate import Estimate, atc, cbpe, concept_drift, measured
 from lineguard.monitor.kpi import DEFAULT_SHIFTS, KpiBook
-from lineguard.monitor.reference import EMBEDDING_SIGNALS, MonitorError, Reference, load_reference
+from lineguard.monitor.reference import CLIP, EMBEDDING_SIGNALS, MonitorError, Reference, load_reference
 from lineguard.monitor.signals import IMAGE_SIGNALS
 
 DEFAULT_ARL0 = 100_000.0
@@ -118,8 +118,15 @@ class Monitor:
         self.clear_after = int(clear_after)
         self.kpi = KpiBook(cost_false_reject, cost_missed_defect, tuple(shifts), tz)
         m = len(self.names)
-        self._state = CusumState.zeros(m)
+        self._up, self._lo = np.zeros(m), np.zeros(m)
+        self._up_since, self._lo_since = np.zeros(m, np.int64), np.zeros(m, np.int64)
+        self._fired = False
+        self._x = np.zeros(m)
+        self._inv_sqrt_eig = 1.0 / np.sqrt(self._pca.eigenvalues) if self._pca is not None else np.zeros(0)
         self._rows: dict[str | None, int] = {}
+        ref = reference  # per standardisation row: centre, 1/scale, offset, 1/spread (Reference.standardise, fused)
+        self._affine = [(ref.centre[i], 1.0 / ref.scale[i], ref.offset[i], 1.0 / ref.spread[i])
+                        for i in range(len(ref.centre))]
         self.frames = 0
         self.alarms: deque[Alarm] = deque(maxlen=1000)
         self.active: dict[str, Alarm] = {}
@@ -156,6 +163,30 @@ class Monitor:
         return calibrate_cusum(self.reference.reference_z(), arl0, k=k, group_sizes=self.reference.group_sizes(),
                                seed=seed)
 
+    def _cusum(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`~lineguard.monitor.drift.cusum_step` in place (the per-frame hot path; a test
+        proves both give the same alarms): sides above h restart, then both sides advance."""
+        up, lo, h, t = self._up, self._lo, self.h, self.frames
+        if self._fired:
+            up[up > h] = 0.0
+            lo[lo > h] = 0.0
+        self._up_since[up <= 0.0] = t
+        self._lo_since[lo <= 0.0] = t
+        up += z
+        up -= self.k
+        np.maximum(up, 0.0, out=up)
+        lo -= z
+        lo -= self.k
+        np.maximum(lo, 0.0, out=lo)
+        fired_up, fired_down = up > h, lo > h
+        self._fired = bool(fired_up.any() or fired_down.any())
+        return fired_up, fired_down
+
+    @property
+    def cusum_state(self) -> CusumState:
+        """The detectors' state as a :class:`~lineguard.monitor.drift.CusumState` (a copy)."""
+        return CusumState(self._up.copy(), self._lo.copy(), self._up_since.copy(), self._lo_since.copy(), self.frames)
+
     def _row(self, recipe: str | None) -> int:
         row = self._rows.get(recipe)
         if row is None:
@@ -174,33 +205,40 @@ class Monitor:
         when None). ``score``: the calibrated score; ``rejected`` the decision (derived from
         the recipe's threshold when None). A missing signal never fires.
         """
+        n_img = self._n_image
+        x = self._x
         if isinstance(stats, np.ndarray):
-            x = stats.astype(np.float64)
+            x[:n_img] = stats
         else:
             get = stats.get
-            x = np.array([get(n, math.nan) for n in IMAGE_SIGNALS[: self._n_image]], np.float64)
+            x[:n_img] = [get(n, math.nan) for n in IMAGE_SIGNALS[:n_img]]
         slot = self.frames % self.window
         if self._pca is not None:
             pca = self._pca
             if embedding is not None:
                 e = np.asarray(embedding, np.float64).ravel() - pca.mean
                 proj = pca.components @ e
-                w = proj / np.sqrt(pca.eigenvalues)
-                dist = math.sqrt(float(np.dot(w, w)))
-                resid = math.sqrt(max(float(np.dot(e, e)) - float(np.dot(proj, proj)), 0.0))
+                w = proj * self._inv_sqrt_eig
+                x[n_img] = math.sqrt(float(np.dot(w, w)))
+                x[n_img + 1] = math.sqrt(max(float(np.dot(e, e)) - float(np.dot(proj, proj)), 0.0))
                 self._coords[slot] = w
             else:
-                dist = resid = math.nan
+                x[n_img:] = math.nan
                 self._coords[slot] = math.nan
-            x = np.append(x, (dist, resid))
         row = self._row(recipe)
-        z = self.reference.standardise(x, row)
+        c, inv_s, o, inv_sp = self._affine[row]
+        z = x - c
+        z *= inv_s
+        np.minimum(z, CLIP, out=z)
+        np.maximum(z, -CLIP, out=z)
+        z -= o
+        z *= inv_sp
         z[np.isnan(z)] = 0.0
-        self._state, up, down = cusum_step(self._state, z, self.k, self.h)
+        up, down = self._cusum(z)
         t = self.frames
         fired: list[Alarm] = []
-        if up.any() or down.any():
-            fired = self._alarms(up, down, z, recipe, time)
+        if self._fired:
+            fired = self._alarms(up, down, recipe, time)
         if self.active and t % 50 == 0:
             self._clear(t)
         self._z[slot] = z
@@ -219,9 +257,8 @@ class Monitor:
         self.frames = t + 1
         return fired
 
-    def _alarms(self, up: np.ndarray, down: np.ndarray, z: np.ndarray, recipe: str | None,
-                time: float | None) -> list[Alarm]:
-        st = self._state
+    def _alarms(self, up: np.ndarray, down: np.ndarray, recipe: str | None, time: float | None) -> list[Alarm]:
+        st = self.cusum_state
         out = []
         t = self.frames
         for j in np.flatnonzero(up | down):
@@ -261,7 +298,7 @@ class Monitor:
 
     def status(self) -> dict[str, Any]:
         """Small and JSON-safe: for ``/metrics`` and the API status (cheap: no window statistics)."""
-        st = self._state
+        st = self.cusum_state
         level = np.minimum(np.maximum(st.upper, st.lower) / self.h, 1.0)
         return {
             "frames": self.frames,
