@@ -150,6 +150,11 @@ def run(
 
     config = resolve(config, data)
     pc = config.pipeline
+    plan = [s for s in STEPS if (s != "synth" or pc.data is None) and (s != "baseline" or pc.baseline)
+            and (s != "compress" or pc.compress)]
+    unknown = sorted(set(force) - set(plan))
+    if unknown:
+        raise PipelineError(f"--force {', '.join(unknown)}: no such step; steps: {', '.join(plan)}")
     work = Path(config.workdir).resolve()
     folder = work / "pipeline"
     with locked(folder):
@@ -161,8 +166,6 @@ def run(
         if cache.failed:
             say(f"resuming: the last run stopped at step '{cache.failed['step']}' ({cache.failed['error']})")
         with tracking.start_run(config, name="pipeline", tags={tracking.TAG_KIND: "pipeline"}) as parent:
-            plan = [s for s in STEPS if (s != "synth" or pc.data is None) and (s != "baseline" or pc.baseline)
-                    and (s != "compress" or pc.compress)]
             result = PipelineResult(work, parent.run_id, notes=list(cache.notes))
             step = _Runner(config, cache, parent.run_id, plan, set(force), result, say)
 
@@ -202,12 +205,9 @@ class _Runner:
 
     def __init__(self, config: LineguardConfig, cache: StepCache, parent: str, plan: list[str], force: set[str],
                  result: PipelineResult, say: Callable[[str], None]) -> None:
-        unknown = sorted(force - set(STEPS))
-        if unknown:
-            raise PipelineError(f"--force {', '.join(unknown)}: no such step; steps: {', '.join(plan)}")
         self.config, self.cache, self.parent, self.plan, self.force = config, cache, parent, plan, force
         self.result, self.say = result, say
-        self.text = config.to_yaml()
+        self.text = steps.config_text(config)
         self.data = config.to_dict()
         self.code = code_version()
         self.fingerprints: dict[str, str] = {}  # output -> its fingerprint

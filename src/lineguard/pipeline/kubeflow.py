@@ -7,8 +7,8 @@ step starts. Steps pass plain strings -- the URLs of artefacts under ``pipeline.
 (blob storage on a cluster), run ids, the dataset version -- never kfp artefacts, so the
 same functions run unchanged in :func:`lineguard.pipeline.run`.
 
-The pipeline's parameters come from the config: ``config`` (the resolved YAML, what every
-step parses and validates) and ``data`` (the photos). Which steps exist (the toy synth,
+The pipeline's parameters come from the config: ``config`` (the resolved config as one line of
+JSON, what every step parses and validates) and ``data`` (the photos). Which steps exist (the toy synth,
 baseline, compress) is decided when compiling, from the config, so the definition has no
 ``dsl.If`` / ``ParallelFor`` (the local runner has known bugs with both). Kubeflow's own
 execution cache is off for every task: each run opens its own MLflow parent run, which every
@@ -44,7 +44,7 @@ def pipeline_function(config: LineguardConfig, image: str | None = None) -> Any:
 
     @dsl.pipeline(name="lineguard", description="LineGuard: ingest -> validate -> train -> evaluate -> export "
                   "-> compress -> gate -> promote -> release, one MLflow parent run with a child run per step")
-    def lineguard(config: str = config.to_yaml(), data: str = pc.data or "") -> str:
+    def lineguard(config: str = steps.config_text(config), data: str = pc.data or "") -> str:
         parent = task("start", config=config).output
         source = task("synth", config=config, parent_run_id=parent).output if toy else data
         dataset = task("ingest", config=config, source=source, parent_run_id=parent).output
@@ -62,7 +62,7 @@ def pipeline_function(config: LineguardConfig, image: str | None = None) -> Any:
         champion = task("promote", config=config, verdict=verdict, parent_run_id=parent).output
         release = task("release", config=config, bundle=bundle, verdict=verdict, champion=champion,
                        parent_run_id=parent).output
-        return str(task("finish", config=config, parent_run_id=parent, release=release).output)
+        return task("finish", config=config, parent_run_id=parent, release=release).output  # type: ignore[no-any-return]
 
     return lineguard
 

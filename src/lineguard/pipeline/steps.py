@@ -1,6 +1,6 @@
 """The pipeline's steps: one function per lifecycle step, the same for a local run and Kubeflow.
 
-Each step takes the resolved config as YAML text plus plain strings (URLs of artefacts,
+Each step takes the resolved config as text (:func:`config_text`) plus plain strings (URLs of artefacts,
 run ids, a dataset version) and returns one string, so the very same function is a kfp v2
 lightweight component (:mod:`lineguard.pipeline.kubeflow`): its body imports what it needs
 inside (Kubeflow runs the function's source alone, in the project's image) and this module
@@ -26,6 +26,14 @@ COMPONENTS = ("start", "synth", "ingest", "validate", "train", "baseline", "eval
 
 
 # --- what every step shares -----------------------------------------------------------------------
+
+
+def config_text(cfg: "LineguardConfig") -> str:
+    """The config as every step receives it: one line of JSON (YAML reads it; a multi-line default
+    would break the comment header kfp writes into the compiled pipeline)."""
+    import json
+
+    return json.dumps(cfg.to_dict(), separators=(",", ":"))
 
 
 def root_of(cfg: "LineguardConfig") -> str:
