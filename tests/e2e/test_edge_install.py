@@ -47,7 +47,7 @@ def test_the_edge_extra_installs_without_torch_and_predicts(tmp_path: Path) -> N
                      "onnxruntime": True, "lineguard": True}
 
     # A bundle made here (with onnx, which the edge lacks) decides images there.
-    bundle = make_toy_bundle(tmp_path / "bundle", tar=True)
+    bundle = make_toy_bundle(tmp_path / "bundle.tar.gz", tar=True)
     bright, dark = tmp_path / "bright.png", tmp_path / "dark.png"
     Image.fromarray(np.full((32, 32, 3), 240, np.uint8)).save(bright)
     Image.fromarray(np.full((32, 32, 3), 15, np.uint8)).save(dark)
@@ -58,5 +58,7 @@ def test_the_edge_extra_installs_without_torch_and_predicts(tmp_path: Path) -> N
     decisions = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [d["label"] for d in decisions] == ["bad", "good"]
     size = _size_bytes(venv)
-    print(f"\nedge venv: {size / 1e6:.0f} MB ({venv})")
+    site = next(venv.glob("lib/python*/site-packages"))
+    largest = sorted(((_size_bytes(p), p.name) for p in site.iterdir() if p.is_dir()), reverse=True)[:8]
+    print(f"\nedge venv: {size / 1e6:.0f} MB; largest: " + ", ".join(f"{n} {b / 1e6:.0f} MB" for b, n in largest))
     assert size > 0
