@@ -981,8 +981,8 @@ def pipeline_run(
     """Run the lifecycle: ingest -> validate -> train (or tune) -> evaluate -> export/compress -> gate ->
     promote -> release, reusing every step whose inputs are unchanged.
 
-    One MLflow parent run with a child run per step. A failing step stops the pipeline and names
-    itself (exit code 2); the next run resumes there. A model the gate refuses stops it at promote.
+    One MLflow parent run with a child run per step. A failing step stops the pipeline and names itself
+    (exit code 2); the next run resumes there. A model the gate refuses stops it at promote.
 
     Example:  lineguard pipeline run --data photos/ --set train.budget_s=240
     """
@@ -1062,7 +1062,7 @@ def _print_where(result: PipelineResult) -> None:
                   f"  runs:    mlflow ui --backend-store-uri {uri}   (parent run {result.parent_run_id})\n"
                   f"  report:  {result.outputs.get('evaluate', '-')}/report.html\n"
                   f"  release: {result.outputs.get('release', '-')}  (bundle.tar.gz, release.json, report.md)",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)  # whole lines: the command and paths are copied from here
 
 
 def _verdict_text(verdict: dict[str, object]) -> str:
