@@ -61,7 +61,7 @@ class MemoryStore:
                 if row["key"] == rec.key:
                     return int(row["id"])
             rid = len(self.rows) + 1
-            self.rows.append({"id": rid, "key": rec.key, **rec.to_dict(), "has_image": image_png is not None})
+            self.rows.append({"id": rid, "key": rec.key, **rec.to_dict(), "image": image_png is not None})
             if image_png is not None:
                 self.images[rid] = image_png
             return rid
@@ -87,8 +87,10 @@ class MemoryStore:
             return len(self.feedback_rows)
 
     def health(self) -> dict[str, Any]:
+        if self.closed:
+            raise RuntimeError("store is closed")
         return {"status": "degraded" if self.degraded else "ok", "reasons": list(self.degraded),
-                "outbox_backlog": {"jsonl": 0}, "sync_backlog": 0, "writable": not self.closed}
+                "outbox_backlog": {"jsonl": 0}, "sync_backlog": {"records": 0, "images": 0, "feedback": 0}}
 
     def counts(self) -> dict[str, Any]:
         return {"predictions": len(self.rows)}
@@ -151,7 +153,7 @@ class PushRuntime:
             return {"frames": self._frames, "decisions": {k: dict(v) for k, v in self._decisions.items()},
                     "latency_ms": {"buckets": [(e, sum(1 for x in lat if x <= e)) for e in edges] + [("+Inf", len(lat))],
                                    "sum": sum(lat), "count": len(lat)},
-                    "queue_depth": 0, "dropped": 0}
+                    "queue_depth": 0, "dropped": 0, "source": {"kind": "push", "connected": True, "reconnects": 0}}
 
 
 @dataclass

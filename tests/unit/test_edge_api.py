@@ -252,7 +252,7 @@ def test_predictions_paged_filtered_and_images(station: StationFixture) -> None:
     page3 = client.get("/v1/predictions?limit=2&after_id=4").json()
     assert [r["id"] for r in page3["items"]] == [5] and page3["next_after_id"] is None
     rejects = client.get("/v1/predictions?decision=reject").json()["items"]
-    assert [r["id"] for r in rejects] == [1, 3, 5] and all(r["has_image"] for r in rejects)
+    assert [r["id"] for r in rejects] == [1, 3, 5] and all(r["image"] for r in rejects)
     choc = client.get("/v1/predictions?recipe=chocolate").json()["items"]
     assert {r["recipe"] for r in choc} == {"chocolate"} and len(choc) == 2
     t2 = station.store.rows[1]["time"]
@@ -281,17 +281,18 @@ def test_health_ready_and_metrics(station: StationFixture) -> None:
     assert client.get("/v1/ready").json() == {"ready": True, "reasons": []}
     station.store.degraded.append("disk full: sampling paused")
     assert client.get("/v1/health").json()["status"] == "degraded"
-    station.store.close()
-    ready = client.get("/v1/ready")
-    assert ready.status_code == 503 and "store not writable" in ready.json()["reasons"][0]
     text = client.get("/metrics").text
     for line in ('lineguard_frames_total 1.0', 'lineguard_decisions_total{decision="reject",recipe="vanilla"} 1.0',
                  'lineguard_api_uploads_refused_total{reason="empty"} 1.0', 'lineguard_outbox_backlog{sink="jsonl"} 0.0',
-                 'lineguard_sync_backlog 0.0', 'lineguard_store_degraded 1.0', 'lineguard_queue_depth 0.0',
-                 'lineguard_decision_latency_seconds_count 1.0', 'lineguard_frames_dropped_total 0.0',
+                 'lineguard_sync_backlog{kind="records"} 0.0', 'lineguard_store_degraded 1.0', 'lineguard_queue_depth 0.0',
+                 'lineguard_decision_latency_seconds_count 1.0', 'lineguard_frames_dropped_total 0.0', 'lineguard_source_connected{kind="push"} 1.0',
                  'lineguard_api_requests_total{method="POST",route="/v1/predict",status="200"} 1.0'):
         assert line in text, line
     assert 'lineguard_model_info{digest="sha256:' in text
+    station.store.close()
+    ready = client.get("/v1/ready")
+    assert ready.status_code == 503 and "store not writable: unavailable" in ready.json()["reasons"][0]
+    assert client.get("/v1/health").status_code == 200  # liveness holds while the store is gone
 
 
 def test_two_apps_keep_their_own_metrics(bundle: Path) -> None:

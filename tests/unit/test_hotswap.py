@@ -83,16 +83,22 @@ def test_a_failing_listener_rolls_the_swap_back(bundles: dict[str, Path]) -> Non
     slot = ModelSlot.open(bundles["v1"])
     before = slot.current()
     seen: list[tuple[str, str]] = []
+    runtime = {"predictor": before}
 
-    def listener(old: Predictor, new: Predictor) -> None:
-        seen.append((old.bundle.version, new.bundle.version))
+    def set_predictor(old: Predictor, new: Predictor) -> None:  # what the station wires: runtime.set_predictor
         assert slot.current() is new  # listeners run after the switch
+        runtime["predictor"] = new
+
+    def state_file(old: Predictor, new: Predictor) -> None:
+        seen.append((old.bundle.version, new.bundle.version))
         raise OSError("state file not writable")
 
-    slot.add_listener(listener)
+    slot.add_listener(set_predictor)
+    slot.add_listener(state_file)
     with pytest.raises(SwapError, match=r"rolled back.*state file not writable"):
         slot.swap(bundles["v2"])
     assert seen == [("1", "2")] and slot.current() is before and slot.generation == 0
+    assert runtime["predictor"] is before  # the listener that had switched was switched back
     assert slot.swaps["rolled_back"] == 1
 
 

@@ -68,6 +68,9 @@ __all__ = [
 API_VERSION = "1.0"
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LIVE_SOURCES = ("camera", "url")  # sources whose disconnection degrades health (files and push do not)
+# Reasons in the store's health that mean a decision cannot be recorded (the rest degrade, e.g. sampling).
+STORE_WRITE_FAILURES = ("write_failed", "unavailable")
 # Status per decode failure (lineguard.preprocess.ImageDecodeError.reason).
 DECODE_STATUS = {"empty": 400, "truncated": 400, "corrupt": 400, "not_an_image": 415, "too_large": 413}
 
@@ -241,6 +244,14 @@ def _check_recipe(recipe: str | None, known: list[str]) -> None:
                        f"{', '.join(known)}")
 
 
+def _store_health(station: "StationLike") -> dict[str, Any]:
+    """The store's health; a store that cannot even answer is reported as unavailable, not raised."""
+    try:
+        return dict(station.store.health())
+    except Exception as exc:  # a closed or broken store must not break /health
+        return {"status": "degraded", "reasons": [f"unavailable: {type(exc).__name__}: {_one_line(str(exc), 200)}"]}
+
+
 # --- metrics -------------------------------------------------------------------------------------
 
 
@@ -272,20 +283,26 @@ def _runtime_families(station: StationLike) -> Iterator[Any]:
     dropped = CounterMetricFamily("lineguard_frames_dropped", "Frames a live source dropped (newest frame kept)")
     dropped.add_metric([], float(m.get("dropped", 0)))
     yield dropped
-    camera = m.get("camera") or m.get("source") or {}
-    if camera:
-        yield GaugeMetricFamily("lineguard_camera_connected", "1 when the frame source is connected",
-                                value=1.0 if camera.get("connected") else 0.0)
-        rec = CounterMetricFamily("lineguard_camera_reconnects", "Reconnects of the frame source")
-        rec.add_metric([], float(camera.get("reconnects", 0)))
+    src = m.get("source") or {}
+    if src:
+        kind = str(src.get("kind", ""))
+        connected = GaugeMetricFamily("lineguard_source_connected", "1 when the frame source (camera, stream, "
+                                      "file, push) is connected", labels=["kind"])
+        connected.add_metric([kind], 1.0 if src.get("connected") else 0.0)
+        yield connected
+        rec = CounterMetricFamily("lineguard_source_reconnects", "Reconnects of the frame source", labels=["kind"])
+        rec.add_metric([kind], float(src.get("reconnects", 0)))
         yield rec
-    health = station.store.health()
+    health = _store_health(station)
     backlog = GaugeMetricFamily("lineguard_outbox_backlog", "Messages not yet delivered, per sink", labels=["sink"])
     for sink, n in sorted((health.get("outbox_backlog") or {}).items()):
         backlog.add_metric([str(sink)], float(n))
     yield backlog
-    yield GaugeMetricFamily("lineguard_sync_backlog", "Records not yet uploaded to blob storage",
-                            value=float(health.get("sync_backlog") or 0))
+    sync = GaugeMetricFamily("lineguard_sync_backlog", "Rows not yet uploaded to blob storage, per kind "
+                             "(records, images, feedback); absent when sync is off", labels=["kind"])
+    for kind, n in sorted((health.get("sync_backlog") or {}).items()):
+        sync.add_metric([str(kind)], float(n))
+    yield sync
     yield GaugeMetricFamily("lineguard_store_degraded", "1 when the store reports degraded (e.g. disk full)",
                             value=0.0 if health.get("status", "ok") == "ok" else 1.0)
     info = station.slot.info()
@@ -369,6 +386,7 @@ def create_app(
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from lineguard.edge import schemas as S
+    from lineguard.edge.predictor import ItemError
     from lineguard.edge.upload import UploadError, read_upload
     from lineguard.preprocess import ImageDecodeError, decode_image
 
@@ -463,8 +481,10 @@ def create_app(
                                _one_line(f"not a usable image: {exc}")) from None
             try:
                 record = await run_in_threadpool(station.runtime.submit, image, chosen)
-            except LineguardError as exc:
-                raise ApiError(422, getattr(exc, "reason", "not_decided"), _one_line(str(exc))) from None
+            except ItemError as exc:  # this image cannot be decided (e.g. a non-finite score): its fault
+                raise ApiError(422, exc.reason, _one_line(str(exc))) from None
+            except LineguardError as exc:  # decided but not recorded, or the station refused: the station's
+                raise ApiError(503, "not_recorded", _one_line(str(exc)), {"Retry-After": "1"}) from None
             predict_seconds.observe(time.perf_counter() - t0)
             return record.to_dict() | {"key": record.key}
         finally:
@@ -475,16 +495,18 @@ def create_app(
     @app.get("/v1/health", response_model=S.HealthOut, tags=["health"])
     def health() -> Any:
         """Liveness (always 200 while the process runs) and what is degraded: store, outbox, sync, camera, model."""
-        store_health = station.store.health()
+        store_health = _store_health(station)
         metrics = dict(station.runtime.metrics or {})
-        camera = metrics.get("camera") or metrics.get("source") or {}
+        src = metrics.get("source") or {}
         reasons = [str(r) for r in store_health.get("reasons", [])]
-        if camera and not camera.get("connected", True):
-            reasons.append("camera disconnected")
+        if src.get("kind") in LIVE_SOURCES and not src.get("connected", True):
+            reasons.append(f"source_disconnected: the {src.get('kind')} is not delivering frames "
+                           f"({src.get('last_error') or 'reconnecting'})")
         status = "draining" if not intake.accepting else ("ok" if not reasons else "degraded")
         return {"status": status, "reasons": reasons, "station": station.name, "time": time.time(),
                 "model": station.slot.info(), "recipe": station.runtime.recipe, "store": store_health,
-                "runtime": {k: metrics.get(k) for k in ("frames", "queue_depth", "dropped")} | {"camera": camera},
+                "runtime": {k: metrics.get(k) for k in ("frames", "queue_depth", "dropped", "last_error")}
+                | {"source": src},
                 "api": {"inflight": intake.inflight, "accepting": intake.accepting}}
 
     @app.get("/v1/ready", response_model=S.ReadyOut, responses={503: {"model": S.ReadyOut}}, tags=["health"])
@@ -495,9 +517,10 @@ def create_app(
             station.slot.current()
         except Exception as exc:  # a slot that cannot answer is a station that cannot decide
             reasons.append(f"model not loaded: {type(exc).__name__}")
-        h = station.store.health()
-        if not h.get("writable", h.get("status") in ("ok", "degraded")):
-            reasons.append("store not writable: " + "; ".join(str(r) for r in h.get("reasons", [])))
+        h = _store_health(station)
+        failed = [str(r) for r in h.get("reasons", []) if str(r).startswith(STORE_WRITE_FAILURES)]
+        if failed:
+            reasons.append("store not writable: " + "; ".join(failed))
         if not intake.accepting:
             reasons.append("shutting down")
         body = {"ready": not reasons, "reasons": reasons}
@@ -555,7 +578,10 @@ def create_app(
         if body.label not in classes:
             raise ApiError(422, "unknown_label", f"label {body.label[:60]!r} is not one of the model's classes: "
                            f"{', '.join(classes)}")
-        fid = station.store.add_feedback(body.prediction_id, body.label, source=body.source, note=body.note)
+        try:
+            fid = station.store.add_feedback(body.prediction_id, body.label, source=body.source, note=body.note)
+        except LineguardError as exc:  # e.g. removed by retention since the check above
+            raise ApiError(422, "feedback_refused", _one_line(str(exc))) from None
         return {"id": fid, "prediction_id": body.prediction_id, "label": body.label}
 
     @app.get("/v1/recipe", response_model=S.RecipeOut, tags=["control"])
@@ -569,7 +595,10 @@ def create_app(
         """Switch the current recipe (recorded with every decision from now on); null clears it."""
         known = station.slot.current().bundle.recipes
         _check_recipe(body.recipe, known)
-        station.runtime.set_recipe(body.recipe)
+        try:
+            station.runtime.set_recipe(body.recipe)
+        except LineguardError as exc:
+            raise ApiError(422, "unknown_recipe", _one_line(str(exc))) from None
         return {"recipe": station.runtime.recipe, "known": known}
 
     @app.get("/v1/model", response_model=S.ModelOut, tags=["control"])

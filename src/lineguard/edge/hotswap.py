@@ -12,7 +12,8 @@ or the new model, never half of one). :meth:`ModelSlot.swap` replaces it:
 3. it is opened *beside* the running model and warmed with one inference (a non-finite
    score refuses it);
 4. the slot switches to it atomically, then tells its listeners (the runtime, a state file);
-   if a listener fails, the slot switches back and the swap is reported as rolled back.
+   if a listener fails, the slot switches back (the listeners already told are told again)
+   and the swap is reported as rolled back.
 
 Until step 4 the old model keeps deciding every frame; in-flight decisions on the old
 predictor finish on it (they hold their own reference). One swap at a time: a second one
@@ -25,6 +26,7 @@ Imports the standard library, numpy and :mod:`lineguard.edge` only (no torch, no
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -176,7 +178,11 @@ class ModelSlot:
                 "swapping": self.swapping, "swaps": dict(self.swaps), "last_error": self.last_error}
 
     def add_listener(self, listener: SwapListener) -> None:
-        """Call ``listener(old, new)`` after each switch; if it raises, the swap is rolled back."""
+        """Call ``listener(old, new)`` after each switch (e.g. ``runtime.set_predictor(new)``).
+
+        If a listener raises, the slot switches back and the listeners already told are
+        called again with ``(new, old)``, so everything decides with the old model again.
+        """
         self._listeners.append(listener)
 
     # --- swapping ----------------------------------------------------------------------------------
@@ -199,13 +205,18 @@ class ModelSlot:
                 self.swaps["refused"] += 1
                 self.last_error = f"{exc}; the running model keeps serving"
                 raise SwapError(self.last_error) from None
-            old = self._predictor
-            self._switch(loaded.predictor, +1)
+            old, new = self._predictor, loaded.predictor
+            self._switch(new, +1)
+            told: list[SwapListener] = []
             try:
                 for listener in list(self._listeners):
-                    listener(old, loaded.predictor)
+                    listener(old, new)
+                    told.append(listener)
             except Exception as exc:
                 self._switch(old, -1)
+                for listener in reversed(told):  # those that switched switch back (best effort: old worked before)
+                    with contextlib.suppress(Exception):
+                        listener(new, old)
                 self.swaps["rolled_back"] += 1
                 self.last_error = (f"swap to '{path}' rolled back, the previous model is serving again: "
                                    f"{type(exc).__name__}: {str(exc)[:300]}")
