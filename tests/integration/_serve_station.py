@@ -1,6 +1,6 @@
 """``python -m tests.integration._serve_station --bundle B --token-file F --dump D [--allow-hot-swap]``.
 
-Serves the in-test station (tests/unit/_api_station.py) with the real :func:`lineguard.edge.serve.serve`
+Serves the in-test station (tests/unit/_api_station.py) with the real :func:`lineguard.edge.serve.run_api`
 (uvicorn, the drain on SIGTERM) on 127.0.0.1 and a free port; on close, the store's rows are
 written to ``--dump`` as JSON -- the flush the SIGTERM test checks.
 """
@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lineguard.edge.serve import resolve_token, serve
+from lineguard.edge.serve import resolve_token, run_api
 from tests.unit._api_station import make_station
 
 
@@ -30,7 +30,7 @@ def main() -> None:
         station.close()
         Path(args.dump).write_text(json.dumps(station.store.rows))
 
-    serve(station, token=token, port=args.port, allow_hot_swap=args.allow_hot_swap, close=close, token_note=note)
+    run_api(station, token=token, port=args.port, allow_hot_swap=args.allow_hot_swap, close=close, token_note=note)
 
 
 if __name__ == "__main__":

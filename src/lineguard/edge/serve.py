@@ -30,14 +30,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from lineguard import LineguardError
 from lineguard.edge.api import ApiLimits, Intake, StationLike, create_app
+from lineguard.edge.bundle import BundleLimits
+from lineguard.edge.hotswap import ModelSlot
+from lineguard.edge.signing import Trust
 
-__all__ = ["LOOPBACK_HOSTS", "TOKEN_ENV", "resolve_token", "serve"]
+__all__ = ["LOOPBACK_HOSTS", "TOKEN_ENV", "ServedStation", "resolve_token", "run_api", "serve"]
 
 TOKEN_ENV = "LINEGUARD_API_TOKEN"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -50,10 +54,11 @@ def _read_token_file(path: Path) -> str:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise LineguardError(f"cannot read the API token file {path}: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise LineguardError(f"API token file {path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise LineguardError(f"API token file {path} is not a regular file")
         raw = f.read(MAX_TOKEN_FILE_BYTES + 1)
     if len(raw) > MAX_TOKEN_FILE_BYTES:
         raise LineguardError(f"API token file {path} is over {MAX_TOKEN_FILE_BYTES} bytes; it should hold one token")
@@ -125,7 +130,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _make_server(config: Any, intake: Intake, drain_timeout_s: float, exit_deadline_s: float,
-                 say: Callable[[str], None]) -> Any:
+                 say: Callable[[str], None], on_signal: Callable[[], None] | None = None) -> Any:
     """A uvicorn Server whose first signal drains (see the module docstring) instead of closing at once."""
     import uvicorn
 
@@ -139,6 +144,8 @@ def _make_server(config: Any, intake: Intake, drain_timeout_s: float, exit_deadl
                 return
             self.drain_started = time.monotonic()
             intake.close()
+            if on_signal is not None:
+                on_signal()
             say(f"{signal.Signals(sig).name}: intake closed, draining {intake.inflight} upload(s) in flight")
             threading.Thread(target=_watchdog, args=(exit_deadline_s, say), name="lineguard-exit-watchdog",
                              daemon=True).start()
@@ -161,7 +168,7 @@ def _watchdog(deadline_s: float, say: Callable[[str], None]) -> None:
     os._exit(EXIT_DEADLINE_CODE)
 
 
-def serve(
+def run_api(
     station: StationLike,
     *,
     token: str,
@@ -171,6 +178,7 @@ def serve(
     limits: ApiLimits | None = None,
     close: Callable[[], None] | None = None,
     background: Callable[[], object] | None = None,
+    on_signal: Callable[[], None] | None = None,
     drain_timeout_s: float = 5.0,
     exit_deadline_s: float = 9.5,
     log_level: str = "warning",
@@ -181,8 +189,9 @@ def serve(
 
     ``close`` flushes and closes the station after the server stopped (the store, the
     outbox); ``background`` runs in a thread beside the server (the edge loop of
-    ``--source``). ``say`` prints one status line (stdout by default); the first says
-    where the API listens.
+    ``--source``) and ``on_signal`` is called at the first signal, with intake (the loop's
+    ``request_stop``: it must return at once). ``say`` prints one status line (stdout by
+    default); the first says where the API listens.
     """
     import uvicorn
 
@@ -200,7 +209,7 @@ def serve(
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=2,
                             lifespan="off", server_header=False)
-    server = _make_server(config, intake, drain_timeout_s, exit_deadline_s, say)
+    server = _make_server(config, intake, drain_timeout_s, exit_deadline_s, say, on_signal)
     shown = f"[{host}]" if ":" in host else host
     say(f"station {station.name} listening on http://{shown}:{bound}" + (f" ({token_note})" if token_note else ""))
     if not loopback:
@@ -218,3 +227,53 @@ def serve(
         if close is not None:
             close()
         say(f"stopped: store flushed and closed in {time.monotonic() - t0:.2f} s")
+
+
+@dataclass
+class ServedStation:
+    """What the API serves: an opened station's store and runtime, plus the slot its model lives in."""
+
+    name: str
+    store: Any
+    runtime: Any
+    slot: ModelSlot
+
+
+def serve(
+    config: str | Path | None = None,
+    *,
+    bundle: str | Path | None = None,
+    source: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    token_file: str | Path | None = None,
+    allow_hot_swap: bool = False,
+    trust: Trust | None = None,
+    bundle_limits: BundleLimits | None = None,
+    limits: ApiLimits | None = None,
+) -> None:
+    """``lineguard serve``: open the station of ``config`` (station.yaml) and serve its API until SIGTERM.
+
+    ``bundle``, ``source``, ``host`` and ``port`` override the config (port 0: a free port,
+    printed). Without a source the station takes frames only over the API (``POST
+    /v1/predict``); with one, its edge loop runs in the same process. The model is loaded
+    into a :class:`~lineguard.edge.hotswap.ModelSlot` under ``trust`` and ``bundle_limits``;
+    a hot swap (``allow_hot_swap`` or ``api.hot_swap``) re-checks every new bundle the same way.
+    """
+    from lineguard.edge.sources import PushSource
+    from lineguard.edge.station import load_station_config, open_station
+
+    cfg = load_station_config(config, overrides={"bundle": str(bundle) if bundle else None, "source.input": source})
+    if cfg.bundle is None:
+        raise LineguardError("no bundle: pass --bundle or set 'bundle:' in station.yaml")
+    slot = ModelSlot.open(cfg.bundle, trust=trust, limits=bundle_limits, threads=cfg.threads)
+    token, note = resolve_token(token_file=token_file or cfg.api.token_file, token=cfg.api.token,
+                                default_file=Path(cfg.store.path).expanduser().parent / f"{cfg.station}.api-token")
+    station = open_station(cfg, slot.current(), source=None if cfg.source.input else PushSource())
+    slot.add_listener(lambda old, new: station.runtime.set_predictor(new))
+    station.start_background()
+    run_api(ServedStation(cfg.station, station.store, station.runtime, slot), token=token,
+            host=host or cfg.api.host, port=cfg.api.port if port is None else port,
+            allow_hot_swap=allow_hot_swap or cfg.api.hot_swap, limits=limits, close=station.close,
+            background=station.runtime.run if cfg.source.input else None, on_signal=station.runtime.request_stop,
+            token_note=note)
