@@ -47,7 +47,7 @@ def test_bad_tokens_are_one_line_errors(tmp_path: Path) -> None:
         resolve_token(token_file=short)
     with pytest.raises(LineguardError, match="not a regular file"):
         resolve_token(token_file=tmp_path)
-    with pytest.raises(LineguardError, match="config's api.token must be at least 16"):
+    with pytest.raises(LineguardError, match=r"config's api\.token must be at least 16"):
         resolve_token(token="short")
 
 
