@@ -76,3 +76,43 @@ def s3_bucket(s3_env: str) -> str:
     )
     client.create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+# --------------------------------------------------------------------------- the line's servers
+#
+# ``mosquitto``: a real mosquitto broker (Debian's package, installed by ``make install``) on
+# a free 127.0.0.1 port with persistence in the test's tmp folder. ``modbus_server``:
+# pymodbus's own TCP server standing in for the PLC. Both yield an object the test can
+# ``stop()`` and ``start()`` again on the same port (an outage). See tests/integration/_servers.py.
+
+from tests.integration._servers import ModbusServer, Mosquitto, free_port  # noqa: E402
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A fresh mosquitto broker for this test (skipped only when the mosquitto binary is not installed)."""
+    import shutil
+    from pathlib import Path
+
+    binary = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
+    if binary is None:
+        pytest.skip("the mosquitto binary is not installed (apt-get install mosquitto; `make install` does it)")
+    broker = Mosquitto(binary, tmp_path_factory.mktemp("mosquitto"), free_port())
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def modbus_server() -> Iterator[ModbusServer]:
+    """pymodbus's own TCP server on a free 127.0.0.1 port, standing in for the PLC."""
+    pytest.importorskip("pymodbus", reason="pymodbus is not installed (pip install lineguard[line])")
+    server = ModbusServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
