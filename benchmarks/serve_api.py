@@ -37,6 +37,24 @@ from _report import load_note, percentile, write_section
 P5_RSS_MB, P5_FIRST_S = 150.0, 1.0
 
 
+def _random_bundle(name: str, out: Path) -> Path:
+    """Export the config's model ``name`` with random weights at the configured input size into a bundle."""
+    from lineguard import export as ex
+    from lineguard.config import load_config
+    from lineguard.edge import Decision
+    from lineguard.models import create_model
+    from lineguard.preprocess import params_from_config
+
+    cfg = load_config(None)
+    params = params_from_config(cfg.preprocess)
+    model = create_model(name, 2, cfg.train.width).eval()
+    golden = ex.synthetic_golden(params, 8)
+    result = ex.export_onnx(model, params, out.with_suffix(".onnx"), golden=golden)
+    return ex.write_bundle(out, result.path, classes=["good", "bad"], positive_class="bad", preprocess=params,
+                           golden=golden, expected=result.expected, parity=result.parity, decision=Decision(0.5),
+                           precision="fp32", opset=18, name=name, version="random-weights")
+
+
 def _png(size: tuple[int, int]) -> bytes:
     import numpy as np
     from PIL import Image
@@ -118,8 +136,6 @@ def main() -> int:
         bundle = args.bundle
         label = str(bundle)
         if bundle is None:
-            from edge_latency import _random_bundle
-
             from lineguard.config import load_config
 
             name = load_config(None).train.model
