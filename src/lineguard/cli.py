@@ -1017,6 +1017,42 @@ def pipeline_compile(
     console.print(f"wrote {path}; submit it with the kfp client or upload it in the Kubeflow / Vertex AI UI")
 
 
+# --- the station API (lineguard serve) ---------------------------------------------------------------
+
+
+@app.command("serve")
+def serve_cmd(
+    bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="The bundle to serve (default: bundle: in station.yaml).")] = None,
+    station_config: Annotated[Path | None, typer.Option("--config", "-c", help="station.yaml (store, sinks, sync, api).")] = None,
+    source: Annotated[str | None, typer.Option(help=(
+        "Also run the edge loop on this source in the same process (video, folder, camera index, URL); "
+        "without it frames come only over POST /v1/predict."))] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1: this machine only).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8080; 0 picks a free one, printed).")] = None,
+    token_file: Annotated[Path | None, typer.Option(help=(
+        "API token file: read if it exists, else a new token is written to it (mode 600). Default: "
+        "api.token/token_file in station.yaml, $LINEGUARD_API_TOKEN, or a new file next to the store."))] = None,
+    allow_hot_swap: Annotated[bool, typer.Option(help="Enable POST /v1/model (hot swap; off by default).")] = False,
+    trust_key: TrustKeyOpt = None,
+    digest: DigestOpt = None,
+) -> None:
+    """Serve the station's HTTP API (docs/runtime-api.md) until SIGTERM: drains, flushes the store, exits.
+
+    Every write needs the token (Authorization: Bearer). Trusted keys and limits come from
+    lineguard.yaml's trust and limits sections plus --trust-key/--digest, for the bundle
+    served and every bundle hot-swapped in.
+    """
+    from lineguard.edge.api import ApiLimits
+    from lineguard.edge.serve import serve
+
+    cfg = resolve_config(None, None)
+    limits = ApiLimits(max_upload_bytes=min(cfg.limits.max_image_bytes, ApiLimits.max_upload_bytes),
+                       max_pixels=cfg.limits.max_pixels)
+    serve(station_config, bundle=bundle, source=source, host=host, port=port, token_file=token_file,
+          allow_hot_swap=allow_hot_swap, trust=_trust(cfg, trust_key, digest), bundle_limits=_bundle_limits(cfg),
+          limits=limits)
+
+
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes data, runs and bundles.")] = Path("lineguard-work"),
