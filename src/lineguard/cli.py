@@ -1036,7 +1036,7 @@ def serve_cmd(
     trust_key: TrustKeyOpt = None,
     digest: DigestOpt = None,
 ) -> None:
-    """Serve the station's HTTP API (docs/runtime-api.md) until SIGTERM: drains, flushes the store, exits.
+    """Serve the station's HTTP API (docs/runtime.md) until SIGTERM: drains, flushes the store, exits.
 
     Every write needs the token (Authorization: Bearer). Trusted keys and limits come from
     lineguard.yaml's trust and limits sections plus --trust-key/--digest, for the bundle

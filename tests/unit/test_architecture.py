@@ -9,7 +9,7 @@ dependency a reader has to hold in their head.
   unit) only. The order is the DESIGN table's, with two deliberate placements: the contracts
   every stage shares (``preprocess``, and ``edge`` with the bundle, the ``Decision`` and the one
   ONNX runner -- torch-free, so evaluation and export may build on them) come right after the
-  foundation, and ``tracking`` (the MLflow boundary that rebuilds models from runs) sits between
+  foundation (with ``monitor``, the pure drift statistics the edge runs on every frame), and ``tracking`` (the MLflow boundary that rebuilds models from runs) sits between
   the model code and everything that trains or evaluates.
 - **No circles.** Follows from the layers, and is checked on its own so a failure names the cycle.
 - **No private names across modules.** ``from lineguard.x import _y`` and ``x_module._y`` from
@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("lineguard",),  # the package: LineguardError and the version
     ("lineguard.config", "lineguard.storage"),  # foundation: the typed config, every read and write
     ("lineguard.preprocess",),  # THE preprocessing contract
+    ("lineguard.monitor",),  # pure signals and detectors: the edge runs them, export computes their reference
     ("lineguard.edge",),  # the runtime contracts: bundle, Decision, runner, predictor
     ("lineguard.synth",),  # data
     ("lineguard.manifest", "lineguard.labels"),

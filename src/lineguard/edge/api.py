@@ -414,7 +414,7 @@ def create_app(
 
     app = FastAPI(
         title="LineGuard station API", version=API_VERSION, docs_url=None, redoc_url=None,
-        description="The HTTP API of one LineGuard edge station (docs/runtime-api.md). Every write needs the "
+        description="The HTTP API of one LineGuard edge station (docs/runtime.md). Every write needs the "
                     "station's token; errors are one line of JSON: {\"error\": ..., \"reason\": ...}.",
     )
     app.state.require_token = require_token
