@@ -46,6 +46,18 @@ def test_quick_demo_runs_the_whole_lifecycle(tmp_path: Path) -> None:
         bundle = load_bundle(path)
         assert bundle.meta["lineage"]["dataset_version"] == meta["version"]
 
+    # The simulated line: the conveyor video through the edge runtime into a local store, every frame recorded.
+    from lineguard.edge.store import Store
+
+    assert "simulated line:" in result.stdout
+    with Store(work / "line" / "edge.db") as store:
+        assert store.integrity_check() == "ok"
+        frames = store.counts()
+    truth_rows = (work / "line" / "conveyor.csv").read_text().strip().splitlines()[1:]
+    assert frames["predictions"] == len(truth_rows) > 0, frames
+    sent = [json.loads(x) for x in (work / "line" / "decisions.jsonl").read_text().splitlines()]
+    assert len({m["key"] for m in sent}) == len(truth_rows)
+
     # Nothing changed: the second run reuses every step (TARGETS P4: a second run within a minute).
     again = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

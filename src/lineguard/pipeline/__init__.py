@@ -57,6 +57,10 @@ QUICK_OVERRIDES: tuple[str, ...] = (
     "compress.openvino=false", "export.golden_size=16", "export.reference_images=64",
 )
 
+# The demo's simulated line: cones on the conveyor video, and the drift that starts half-way along it.
+LINE_CONES = 60
+LINE_DRIFT = "dirty-lens"
+
 # step -> (the config sections its cache key holds, how its output is checked before it is reused)
 STEPS: dict[str, tuple[tuple[str, ...], str]] = {
     "synth": (("synth",), "tree"),
@@ -191,13 +195,55 @@ def run(
 
 
 def simulated_line(config: LineguardConfig, result: PipelineResult, say: Callable[[str], None]) -> dict[str, Any] | None:
-    """The demo's last act, on the toy cones only: the synth conveyor video with a drift episode
-    through the edge runtime, monitoring raising its alarm (issue 15, section 3).
+    """The demo's last act, on the toy cones only: the synth conveyor video, with a dirty lens from
+    half-way, decided by the released bundle through the edge runtime into a local store.
 
-    The hook for the edge runtime (``lineguard edge run``): it returns None until the runtime is
-    wired in here; :class:`PipelineResult` ``.line`` then holds its summary for the demo to print.
+    The same path a station takes (:func:`lineguard.edge.station.open_station`: source, loop,
+    store, outbox, a JSON-lines sink); the video and its truth are rebuilt only when missing.
+    Returns what the demo prints: the store, the frames decided, and the accuracy on the frames
+    where a cone is centred, before and after the drift begins.
     """
-    return None
+    import csv
+
+    from lineguard import synth
+    from lineguard.edge.station import load_station_config, open_station
+    from lineguard.edge.store import Store
+
+    bundle = result.bundle
+    if not bundle:
+        return None
+    line = result.workdir / "line"
+    line.mkdir(parents=True, exist_ok=True)
+    video = line / "conveyor.avi"
+    truth_csv = video.with_suffix(".csv")
+    if not (video.is_file() and truth_csv.is_file()):
+        synth.write_video(str(video), config.synth, cones=LINE_CONES, drift=LINE_DRIFT, severity=0.5)
+    store_path = line / "edge.db"
+    for stale in line.glob("edge.db*"):  # one run of the line per demo: the store holds this run only
+        stale.unlink()
+    station = open_station(load_station_config(None, {
+        "station": "demo-line", "source": str(video), "store.path": str(store_path),
+        "sinks": [{"kind": "jsonl", "path": str(line / "decisions.jsonl")}],
+    }), bundle)
+    summary = station.run()  # to the end of the video; closes the station (outbox drained, store closed)
+
+    truth = {int(r["frame"]): r for r in csv.DictReader(truth_csv.open(newline=""))}
+    hits: dict[str, list[int]] = {"clean": [], "drift": []}
+    with Store(store_path) as reread:
+        after: int | None = None
+        while rows := reread.predictions(limit=1000, after_id=after):
+            after = rows[-1]["id"]
+            for row in rows:
+                t = truth.get(int(str(row["source"]).rsplit("#", 1)[-1]))
+                if t is None or t["centred"] != "1":
+                    continue
+                bad = t["label"] != "good"
+                hits["drift" if t["drift"] else "clean"].append(int(bad == (row["decision"] == "reject")))
+    out = {"store": str(store_path), "video": str(video), "frames": summary.frames, "decided": summary.decided,
+           "rejects": summary.rejects, "dropped": summary.dropped, "drift": LINE_DRIFT,
+           **{f"accuracy_{k}": round(sum(v) / len(v), 3) if v else None for k, v in hits.items()}}
+    say(f"simulated line: {out['decided']} frames decided into {store_path}")
+    return out
 
 
 class _Runner:
