@@ -395,7 +395,10 @@ class ExportConfig(_Section):
     opset: int = Field(18, ge=17, description="ONNX opset of the exported model")
     golden_size: int = Field(64, ge=1, description="images in the fixed parity batch (from val/test)")
     atol: float = Field(1e-4, gt=0.0, description="max |logit difference| torch vs ONNX")
-    reference_images: int = Field(500, ge=1, description="training images sampled for drift reference statistics")
+    reference_images: int = Field(2000, ge=1, description="training images sampled for drift reference statistics "
+                                  "(the monitor's false-alarm promise needs a few hundred per recipe)")
+    monitor_arl0: float = Field(100_000.0, gt=1, description="drift monitor: mean clean frames between false "
+                                "alarms, all signals together, that the shipped thresholds are calibrated to")
 
 
 class CompressConfig(_Section):

@@ -18,17 +18,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 
+from lineguard.edge.outbox import OutboxWorker
 from lineguard.edge.sinks import MqttSink, WebhookSink
+from lineguard.edge.store import PredictionRecord, Store
 from tests.integration._servers import Mosquitto, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-# until the store branch is merged this branch has only a stub of edge/outbox.py and no edge/store.py
-store_mod = pytest.importorskip("lineguard.edge.store", reason="needs edge/store.py from the store branch")
-outbox_mod = pytest.importorskip("lineguard.edge.outbox")
-Store, PredictionRecord, OutboxWorker = store_mod.Store, store_mod.PredictionRecord, outbox_mod.OutboxWorker
-mqtt = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed (pip install lineguard[line])")
 
 N = 240
 STATION = "cell-3"
@@ -37,7 +35,7 @@ STATION = "cell-3"
 OUTAGE_S = float(os.environ.get("LINEGUARD_R11_OUTAGE_S", "0"))
 
 
-def record(i: int) -> Any:
+def record(i: int) -> PredictionRecord:
     reject = i % 3 == 0
     return PredictionRecord(frame_id=f"run1-{i:05d}", time=time.time(), station=STATION, source=f"video:/v.mp4#{i}",
                             recipe="vanilla" if i % 2 else "mint", label="defect" if reject else "good",

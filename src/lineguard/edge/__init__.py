@@ -17,13 +17,24 @@ with torch, MLflow, scikit-learn and pandas blocked. The public API:
 - ``python -m lineguard.edge.bench`` (``edge.bench``): latency and throughput as JSON;
   :func:`time_calls` / :func:`latency_summary` (``edge.latency``) are the latency harness
   it shares with compression.
+- :class:`Store` / :class:`PredictionRecord` / :class:`SamplePolicy` / :class:`StoreError`
+  (``edge.store``): the local SQLite store every decision is written to first, with
+  sampled images, feedback, retention and the disk-full policy.
+- :class:`OutboxWorker` / :class:`OutboxMessage` / :class:`Sink` / :class:`SinkError` /
+  :class:`SinkRejected` (``edge.outbox``): ordered, at-least-once delivery to each sink
+  from the store's persistent outbox.
+- :class:`Sync` (``edge.sync``): store-and-forward of records, feedback and images to a
+  folder or blob storage, exactly once per key.
 """
 
 from lineguard.edge.bundle import Bundle, BundleError, load_bundle
 from lineguard.edge.decision import Cost, Decision, DecisionError
 from lineguard.edge.latency import latency_summary, time_calls
+from lineguard.edge.outbox import OutboxMessage, OutboxWorker, Sink, SinkError, SinkRejected
 from lineguard.edge.predictor import ImageFileError, Prediction, Predictor, verify_bundle
 from lineguard.edge.runner import ModelLoadError, Runner, open_runner
+from lineguard.edge.store import PredictionRecord, SamplePolicy, Store, StoreError
+from lineguard.edge.sync import Sync
 
 __all__ = [
     "Bundle",
@@ -33,9 +44,19 @@ __all__ = [
     "DecisionError",
     "ImageFileError",
     "ModelLoadError",
+    "OutboxMessage",
+    "OutboxWorker",
     "Prediction",
+    "PredictionRecord",
     "Predictor",
     "Runner",
+    "SamplePolicy",
+    "Sink",
+    "SinkError",
+    "SinkRejected",
+    "Store",
+    "StoreError",
+    "Sync",
     "latency_summary",
     "load_bundle",
     "open_runner",

@@ -112,6 +112,31 @@ def reference_statistics(
     return block, arrays
 
 
+def monitor_reference(
+    images: Sequence[np.ndarray],
+    recipes: Sequence[str],
+    embeddings: np.ndarray | None,
+    val_scores: np.ndarray | None = None,
+    val_defect: np.ndarray | None = None,
+    train_defect_share: float | None = None,
+    arl0: float = 100_000.0,
+    seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The monitoring reference (:mod:`lineguard.monitor`) of the training images, calibrated to ``arl0``:
+    ``(summary for bundle.json's reference.monitor, arrays for reference.npz)``.
+
+    ``val_defect`` is 1 where a validation item is a defect; ``train_defect_share`` the
+    training split's defect share (the prior the calibrated scores were fitted under).
+    """
+    from lineguard.monitor import calibrate_cusum, reference_from_images
+
+    ref = reference_from_images(images, recipes, embeddings, val_scores=val_scores, val_labels=val_defect,
+                                prior=train_defect_share, seed=seed)
+    cal = calibrate_cusum(ref.reference_z(), arl0, group_sizes=ref.group_sizes(), seed=seed)
+    ref = ref.with_calibration(cal.to_arrays())
+    return ref.summary(), ref.to_arrays()
+
+
 # --- the bundle ---------------------------------------------------------------------------------
 
 

@@ -17,9 +17,10 @@ import numpy as np
 from lineguard.edge.bundle import MODEL_FILE
 from lineguard.edge.decision import Decision
 from lineguard.edge.runner import Runner, open_runner
-from lineguard.export.bundle import reference_statistics, write_bundle
+from lineguard.export.bundle import monitor_reference, reference_statistics, write_bundle
 from lineguard.export.onnx import export_onnx, onnx_outputs
 from lineguard.export.parity import ExportError, ParityReport, compare_outputs, golden_batch
+from lineguard.monitor.reference import MIN_RECIPE_IMAGES
 from lineguard.preprocess import PreprocessParams, image_stats, preprocess_batch
 
 if TYPE_CHECKING:
@@ -157,6 +158,19 @@ def export(
             [image_stats(img) for img in train_images], train_out.get("embedding", np.zeros((0, 0))),
             val_scores, val_class, classes)
         reference["source"] = f"train split, {len(train_images)} images"
+        train_defect = (train_rows["label"].to_numpy() == positive).astype(np.int64)
+        if len(train_images) < MIN_RECIPE_IMAGES:
+            notes.append(f"only {len(train_images)} training images: the bundle ships no drift-monitor reference "
+                         f"(it needs at least {MIN_RECIPE_IMAGES}; see export.reference_images)")
+        else:
+            say("calibrating the drift monitor on the training data")
+            monitor_block, monitor_arrays = monitor_reference(
+                train_images, train_rows["recipe"].astype(str).tolist(), train_out.get("embedding"),
+                val_scores, (val_class == pos_idx).astype(np.int64) if val_scores is not None else None,
+                float(train_defect.mean()), arl0=ex.monitor_arl0)
+            reference["monitor"] = monitor_block
+            ref_arrays = {**ref_arrays, **monitor_arrays}
+            reference["arrays"] = sorted(ref_arrays)
 
         # The commit the run was trained at -- never this checkout's: an unknown commit stays empty, and says so.
         git_commit = str(meta.get("git_commit") or record.tags.get(tracking.TAG_GIT_COMMIT) or "")

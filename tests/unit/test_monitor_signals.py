@@ -1,0 +1,106 @@
+"""Image signals move the way a line's faults move them, and the monitor needs no training stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lineguard.monitor import IMAGE_SIGNALS, MonitorError, frame_signals, signal_vector
+from lineguard.monitor.signals import SignalError, vector_from_stats
+from lineguard.synth import apply_drift, draw_cone
+from tests.unit.test_edge_imports import BLOCKED
+
+
+@pytest.fixture(scope="module")
+def cones() -> list[np.ndarray]:
+    return [draw_cone(np.random.default_rng(i), "vanilla_sprinkles", "good", size=128) for i in range(6)]
+
+
+def _mean_signals(images: list[np.ndarray]) -> dict[str, float]:
+    v = np.mean([signal_vector(im) for im in images], axis=0)
+    return dict(zip(IMAGE_SIGNALS, v, strict=True))
+
+
+@pytest.mark.parametrize(("kind", "signal", "direction"), [
+    ("blur", "sharpness", -1), ("dirty-lens", "sharpness", -1), ("dirty-lens", "haze", +1),
+    ("dirty-lens", "contrast", -1), ("lighting", "brightness", -1), ("color-cast", "colour_balance", +1),
+])
+def test_a_fault_moves_its_signal(cones: list[np.ndarray], kind: str, signal: str, direction: int) -> None:
+    clean = _mean_signals(cones)
+    drifted = _mean_signals([apply_drift(im, kind, 0.5, np.random.default_rng(i)) for i, im in enumerate(cones)])
+    change = (drifted[signal] - clean[signal]) / max(abs(clean[signal]), 1e-9)
+    assert direction * change > 0.1, (kind, signal, clean[signal], drifted[signal])
+
+
+def test_known_values_on_flat_and_clipped_images() -> None:
+    grey = np.full((64, 64, 3), 128, np.uint8)
+    s = frame_signals(grey)
+    assert s["brightness"] == pytest.approx(128, abs=0.01)
+    assert s["contrast"] == pytest.approx(0, abs=1e-3) and s["sharpness"] == pytest.approx(0, abs=1e-6)
+    assert s["saturation"] == 0 and s["colourfulness"] == pytest.approx(0, abs=1e-6)
+    white = frame_signals(np.full((64, 64, 3), 255, np.uint8))
+    black = frame_signals(np.zeros((64, 64, 3), np.uint8))
+    assert white["overexposed"] == 1.0 and white["underexposed"] == 0.0 and white["haze"] == pytest.approx(1.0)
+    assert black["underexposed"] == 1.0 and black["haze"] == 0.0
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[..., 0] = 200
+    r = frame_signals(red)
+    assert r["saturation"] == pytest.approx(1.0) and r["colour_balance"] == pytest.approx(200 / 255)
+    assert r["colourfulness"] > 50
+
+
+def test_any_frame_size_gives_all_signals() -> None:
+    rng = np.random.default_rng(0)
+    for shape in [(3, 3, 3), (31, 200, 3), (480, 640, 3)]:
+        v = signal_vector(rng.integers(0, 256, shape, dtype=np.uint8))
+        assert v.shape == (len(IMAGE_SIGNALS),) and np.all(np.isfinite(v))
+
+
+@pytest.mark.parametrize("bad", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.float32),
+                                 np.zeros((2, 8, 3), np.uint8), [[1, 2, 3]]])
+def test_bad_images_are_named(bad: object) -> None:
+    with pytest.raises(SignalError, match=r"HxWx3 uint8|at least 3x3"):
+        signal_vector(bad)  # type: ignore[arg-type]
+    assert issubclass(SignalError, Exception) and MonitorError is not SignalError
+
+
+def test_stats_round_trip_and_missing_is_nan() -> None:
+    s = frame_signals(np.full((8, 8, 3), 10, np.uint8))
+    assert np.allclose(vector_from_stats(s), [s[k] for k in IMAGE_SIGNALS])
+    assert np.isnan(vector_from_stats({"brightness": 1.0})[1:]).all()
+
+
+MONITOR_SCRIPT = r"""
+import importlib.abc, json, sys
+BLOCKED = {blocked!r}
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+            raise ImportError(f"{{name}} is blocked in this test: the monitor must not need it")
+        return None
+sys.meta_path.insert(0, Blocker())
+import numpy as np
+import lineguard.monitor as m
+rng = np.random.default_rng(0)
+ref = m.build_reference(rng.normal(size=(200, len(m.IMAGE_SIGNALS))) + 5, ["a"] * 100 + ["b"] * 100,
+                        rng.normal(size=(200, 6)), val_scores=rng.random(50), val_labels=rng.integers(0, 2, 50))
+mon = m.Monitor(ref, arl0=1000)
+for i in range(300):
+    mon.update(ref.values[i % 200, :len(m.IMAGE_SIGNALS)], rng.normal(size=6), float(rng.random()), "a", time=1e9 + i)
+est = mon.estimate(); rep = mon.report(permutations=20); kp = mon.kpis()
+loaded = sorted(x for x in sys.modules if any(x == b or x.startswith(b + ".") for b in BLOCKED))
+print(json.dumps({{"frames": mon.status()["frames"], "loaded": loaded, "n": est.n, "kpi_rows": len(kp)}}))
+"""
+
+
+def test_monitor_runs_with_the_training_stack_blocked() -> None:
+    """The edge import boundary (tests/unit/test_edge_imports.py) holds for lineguard.monitor too."""
+    code = MONITOR_SCRIPT.format(blocked=(*BLOCKED, "lineguard.edge.bundle", "onnxruntime"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"frames": 300, "loaded": [], "n": 300, "kpi_rows": 1}
