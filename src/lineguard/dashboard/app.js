@@ -15,8 +15,8 @@ import { bars, empty, histogram, timeline } from "./charts.js";
 const TOKEN_KEY = "lineguard.token";
 const POLL_MS = 2000;
 const SLOW_EVERY = 3; // summary and health every 3rd poll
-const LIVE_MAX = 40;
-const QUEUE_MAX = 60;
+const LIVE_MAX = 24;
+const QUEUE_MAX = 24;
 const THUMB = 200;
 
 const $ = (id) => document.getElementById(id);
@@ -333,9 +333,11 @@ function renderDrift(s) {
     const url = a.prediction_id ? imageUrl(a.prediction_id, 120) : null;
     if (url) button.append(h("img", { src: url, alt: "", loading: "lazy" }));
     else button.append(h("div", { class: "noimg", text: "no frame kept" }));
-    button.append(h("span", { class: "alarm-signal", text: `${a.signal} ${a.direction}` }),
+    const text = h("span", { class: "alarm-text" },
+      h("span", { class: "alarm-signal", text: `${a.signal} ${a.direction}${a.active ? " · ACTIVE" : ""}` }),
       h("span", { class: "alarm-msg", text: a.message || "" }),
-      h("span", { class: "muted", text: `${stamp(a.time)} · recipe ${recipeName(a.recipe)}${a.active ? " · active" : ""}` }));
+      h("span", { class: "muted", text: `fired ${a.firings || 1}× since ${clock(a.first_time)} · last ${stamp(a.time)} · recipe ${recipeName(a.recipe)}` }));
+    button.append(text);
     if (a.prediction_id) button.addEventListener("click", () => openDetail(a.prediction_id));
     else button.disabled = true;
     li.append(button);
@@ -365,7 +367,7 @@ function renderBanner(s) {
   const banner = $("alarm-banner");
   if (!active.length) { show(banner, false); return; }
   const a = active[0];
-  $("alarm-text").textContent = `Drift alarm: ${a.message || a.signal}${active.length > 1 ? ` (+${active.length - 1} more)` : ""}`;
+  $("alarm-text").textContent = `Drift alarm: ${a.message || a.signal}${active.length > 1 ? ` (and ${active.length - 1} more signal${active.length > 2 ? "s" : ""})` : ""}`;
   const button = $("alarm-frame-button");
   button.disabled = !a.prediction_id;
   button.dataset.id = a.prediction_id ? String(Number(a.prediction_id)) : "";

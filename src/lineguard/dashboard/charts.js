@@ -35,7 +35,7 @@ const pct = (x) => `${(100 * x).toFixed(1)} %`;
 export function bars(container, rows, { label = "chart", format = pct } = {}) {
   clear(container);
   if (!rows.length) return empty(container, "No data yet.");
-  const rowH = 34, left = 150, right = 90, width = 560;
+  const rowH = 34, left = 150, right = 130, width = 600;
   const height = rows.length * rowH + 10;
   const max = Math.max(1e-9, ...rows.map((r) => r.value));
   const root = svg(width, height, label);
@@ -57,7 +57,7 @@ export function histogram(container, edges, live, reference, { label = "histogra
   const nLive = live.reduce((a, b) => a + b, 0);
   const nRef = reference ? reference.reduce((a, b) => a + b, 0) : 0;
   if (!nLive && !nRef) return empty(container, "No scores yet.");
-  const width = 560, height = 240, left = 44, bottom = 34, top = 10, right = 10;
+  const width = 560, height = 240, left = 56, bottom = 34, top = 10, right = 10;
   const root = svg(width, height, label);
   const liveShare = live.map((c) => (nLive ? c / nLive : 0));
   const refShare = reference ? reference.map((c) => (nRef ? c / nRef : 0)) : [];
@@ -90,7 +90,7 @@ export function timeline(container, series, { threshold = null, band = null, lab
   clear(container);
   const pts = series.flatMap((s) => s.points);
   if (!pts.length) return empty(container, "No data yet.");
-  const width = 560, height = 180, left = 56, bottom = 26, top = 10, right = 10;
+  const width = 560, height = 150, left = 56, bottom = 26, top = 10, right = 10;
   const root = svg(width, height, label);
   const ts = pts.map((p) => p[0]);
   let vs = pts.map((p) => p[1]);

@@ -47,6 +47,7 @@ __all__ = ["DashboardSummary"]
 DEFAULT_SHIFTS = (6, 14, 22)
 HIST_BINS = 20
 MAX_SHIFTS = 9  # shifts listed in per_shift (the newest)
+MAX_ALARMS = 20  # alarm groups (signal, direction) listed
 ALARM_FRAME_LOOKAHEAD = 500  # rows searched after an alarm's time for a frame with a kept image
 
 
@@ -69,9 +70,9 @@ class DashboardSummary:
     (as :func:`lineguard.monitor.kpi.shift_of`); ``recent`` the frames of the score
     histogram and the label-free estimate; ``series_width_s`` and ``series_len`` the
     resolution and length of the signals over time; ``max_rows_per_refresh`` bounds the
-    rows one refresh reads (a first read of a large store is spread over several polls);
-    ``min_refresh_s`` how often the answer is recomputed at most (polls in between get the
-    same answer, and its ETag).
+    rows one refresh reads (a first read of a large store is spread over several polls).
+    ``level_len`` is how many samples of the monitor's CUSUM levels are kept (one per change
+    seen by a poll).
     """
 
     def __init__(
@@ -82,12 +83,11 @@ class DashboardSummary:
         shifts: Sequence[int] = DEFAULT_SHIFTS,
         tz: str = "UTC",
         recent: int = 1000,
-        series_width_s: float = 60.0,
-        series_len: int = 120,
+        series_width_s: float = 30.0,
+        series_len: int = 240,
         level_len: int = 300,
         page: int = 1000,
         max_rows_per_refresh: int = 50_000,
-        min_refresh_s: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         from lineguard.monitor.kpi import KpiBook, check_shifts
@@ -103,7 +103,6 @@ class DashboardSummary:
         self.series_len = int(series_len)
         self.page = int(page)
         self.max_rows = int(max_rows_per_refresh)
-        self.min_refresh_s = float(min_refresh_s)
         self.clock = clock
         self._lock = threading.Lock()
         self._since: float | None = None
@@ -119,7 +118,7 @@ class DashboardSummary:
         self._feedback: deque[dict[str, Any]] = deque(maxlen=10_000)
         self._levels: deque[tuple[float, dict[str, float]]] = deque(maxlen=int(level_len))
         self._alarm_frames: dict[tuple[str, float], int | None] = {}
-        self._cached: tuple[float, dict[str, Any]] | None = None
+        self._cached: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
     # --- reading the store -------------------------------------------------------------------------
 
@@ -226,15 +225,19 @@ class DashboardSummary:
     # --- the answer --------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """The summary (module docstring); recomputed at most every ``min_refresh_s``."""
+        """The summary (module docstring): the new rows are read, and the answer is recomputed only when
+        something it shows changed (new decisions or feedback, the recipe, the model, the monitor's state)."""
         with self._lock:
-            now = self.clock()
-            if self._cached is not None and now - self._cached[0] < self.min_refresh_s:
-                return self._cached[1]
             store = self.station.store
             self._ensure_kpi()
             self._read_predictions(store)
             self._read_feedback(store)
+            mon = getattr(self.station, "monitor", None)
+            key = (self._last_id, self._feedback_after, self._caught_up, self.station.runtime.recipe,
+                   self.station.slot.info().get("generation"), getattr(mon, "frames", None),
+                   getattr(mon, "alarm_count", None))
+            if self._cached is not None and self._cached[0] == key:
+                return self._cached[1]
             monitor = self._monitor_status()
             drifting = bool(monitor and monitor.get("active_alarms"))
             body = {
@@ -253,7 +256,7 @@ class DashboardSummary:
                 "drift": self._drift(monitor, store),
                 "shadow": self._shadow(),
             }
-            self._cached = (now, body)
+            self._cached = (key, body)
             return body
 
     def _model(self) -> dict[str, Any]:
@@ -394,18 +397,29 @@ class DashboardSummary:
             out["alarms"] = []
             out["in_distribution"] = None
             return out
-        alarms = []
-        recent = list(getattr(self.station.monitor, "alarms", []) or [])[-20:]
-        for a in recent:
+        # One entry per signal and direction: the latest firing (a persisting shift fires again after each
+        # CUSUM restart), how often it fired and since when; active ones first, then the newest.
+        grouped: dict[tuple[str, str], dict[str, Any]] = {}
+        for a in list(getattr(self.station.monitor, "alarms", []) or []) or (monitor.get("active_alarms") or []):
             d = a.to_dict() if hasattr(a, "to_dict") else dict(a)
+            key = (str(d.get("signal")), str(d.get("direction")))
+            first = grouped.get(key)
+            d["firings"] = (first["firings"] if first else 0) + 1
+            d["first_time"] = first["first_time"] if first else d.get("time")
+            grouped[key] = d
+        active = {(str(a.get("signal")), int(a.get("frame", -1))) for a in monitor.get("active_alarms") or []}
+        alarms = []
+        for d in grouped.values():
+            d["active"] = (str(d.get("signal")), int(d.get("frame", -1))) in active
             alarms.append(d)
-        if not alarms:
-            alarms = [dict(a) for a in monitor.get("active_alarms") or []]
-        active = {str(a.get("signal")) for a in monitor.get("active_alarms") or []}
+        alarms.sort(key=lambda d: (not d["active"], -(d.get("frame") or 0)))
+        alarms = alarms[:MAX_ALARMS]
         for d in alarms:
-            d["active"] = str(d.get("signal")) in active
             d["prediction_id"] = self._alarm_frame(store, d)
-        out.update({"alarms": alarms[::-1], "in_distribution": bool(monitor.get("in_distribution", True)),
+        levels_now = {str(k): float(v) for k, v in (monitor.get("cusum_level") or {}).items()}
+        alarming = {str(d.get("signal")) for d in alarms if d["active"]}
+        signals.sort(key=lambda sg: (sg["name"] not in alarming, -levels_now.get(sg["name"], 0.0), sg["name"]))
+        out.update({"alarms": alarms, "in_distribution": bool(monitor.get("in_distribution", True)),
                     "alarms_total": monitor.get("alarms_total"), "arl0": monitor.get("arl0"),
                     "frames": monitor.get("frames")})
         return out
