@@ -32,6 +32,32 @@ def grey_reference(n: int = 400, seed: int = 0) -> Any:
     return reference_from_images(images, None, None)
 
 
+def cone_frame(i: int, recipe: str, size: int = 96, drift: str | None = None, severity: float = 0.0) -> np.ndarray:
+    """The i-th synthetic cone of a recipe (a tenth of them defective), optionally through a camera drift."""
+    from lineguard.synth import apply_drift, draw_cone
+
+    rng = np.random.default_rng(10_000 + i)
+    bad = i % 10 == 0
+    img = draw_cone(rng, recipe, "bad" if bad else "good", "missing_topping" if bad else "", size=size)
+    return apply_drift(img, drift, severity, rng) if drift else img
+
+
+def cone_reference(recipes: tuple[str, ...], n: int = 300) -> Any:
+    """A monitoring reference from clean synthetic cones of ``recipes`` (frames 1_000_000 on: not the pushed ones)."""
+    from lineguard.monitor import reference_from_images
+
+    names = [recipes[i % len(recipes)] for i in range(n)]
+    images = [cone_frame(1_000_000 + i, synth_recipe(r)) for i, r in enumerate(names)]
+    return reference_from_images(images, names, None)
+
+
+def synth_recipe(name: str) -> str:
+    """The synth recipe a station recipe is drawn as (any name that is not one: vanilla sprinkles)."""
+    from lineguard.synth import RECIPES
+
+    return name if name in RECIPES else "vanilla_sprinkles"
+
+
 class PushRuntime:
     """Decides pushed frames with the slot's predictor, records them in the store (image when sampled), feeds the monitor."""
 
