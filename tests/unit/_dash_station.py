@@ -116,3 +116,32 @@ class DashStation:
     runtime: PushRuntime
     slot: ModelSlot
     monitor: Any = None
+
+
+def make_monitor_bundle(out: Any, recipes: tuple[str, ...] = ("vanilla_sprinkles", "chocolate_nuts"),
+                        n: int = 160) -> Any:
+    """The toy bundle re-written with a calibrated monitoring reference of clean synthetic cones (as export ships it)."""
+    from pathlib import Path
+
+    from lineguard import export as ex
+    from lineguard.edge import load_bundle
+    from lineguard.export.bundle import monitor_reference
+    from tests.unit._edge_bundles import make_toy_bundle
+
+    out = Path(out)
+    base = load_bundle(make_toy_bundle(out.parent / f"{out.name}-base", recipes=recipes,
+                                       decision={"default_threshold": 0.45, "temperature": 2.0}))
+    names = [recipes[i % len(recipes)] for i in range(n)]
+    images = [cone_frame(2_000_000 + i, synth_recipe(r)) for i, r in enumerate(names)]
+    rng = np.random.default_rng(0)
+    val = rng.random(100)
+    block, arrays = monitor_reference(images, names, None, val, (rng.random(100) < val).astype(int), 0.1)
+    g = base.load_arrays("golden.npz")
+    expected = {k[len("expected_"):]: v for k, v in g.items() if k.startswith("expected_")}
+    return ex.write_bundle(
+        out, base.model_path, classes=list(base.classes), positive_class=base.positive_class, preprocess=base.preprocess,
+        golden=ex.GoldenBatch(g["images"], g["recipes"], g["labels"], ""), expected=expected,
+        parity=ex.compare_outputs(expected, expected, 0.5, 1.0, 1, 1e-4, "onnxruntime"), decision=base.decision,
+        recipes=base.recipes, precision="fp32", opset=18, name="toy", version="2",
+        reference={**base.meta["reference"], "monitor": block},
+        reference_arrays={**base.load_arrays("reference.npz"), **arrays})
