@@ -8,6 +8,7 @@ are imported inside the command that needs them so ``lineguard --help`` stays fa
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -21,6 +22,7 @@ from lineguard.config import LineguardConfig, load_config
 if TYPE_CHECKING:
     from lineguard.edge.bundle import Bundle, BundleLimits
     from lineguard.edge.signing import Trust
+    from lineguard.pipeline import PipelineResult
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -44,11 +46,14 @@ label_app = typer.Typer(help="Labelling: round trip with Label Studio.", no_args
 runs_app = typer.Typer(help="Tracked training runs (MLflow): list and show.", no_args_is_help=True)
 bundle_app = typer.Typer(help="Bundles (the deployable model folder): verify, inspect, sign.", no_args_is_help=True)
 config_app = typer.Typer(help="The config file (lineguard.yaml): show the resolved config.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="The whole lifecycle as one cached, resumable command; compile it for Kubeflow.",
+                           no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(label_app, name="label")
 app.add_typer(runs_app, name="runs")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(config_app, name="config")
+app.add_typer(pipeline_app, name="pipeline")
 
 ConfigOpt = Annotated[
     Path | None,
@@ -961,7 +966,53 @@ def bench(
         console.print(f"  {label:<40} median {s['median_ms']:.3f} ms  p90 {s['p90_ms']:.3f}  p99 {s['p99_ms']:.3f}  "
                       f"mean {s['mean_ms']:.3f}  -> {s['throughput_per_s']:.0f} images/s", highlight=False)
 
-# === demo ====================================================================================
+# === pipeline and demo ========================================================================
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    data: Annotated[str | None, typer.Option(help="Photos to ingest (folder, archive, CSV, Label Studio export; "
+                                             "path or URL). Default: pipeline.data, else the toy cones.")] = None,
+    force: Annotated[list[str] | None, typer.Option(help="Rerun this step and every step using its output, "
+                                                    "even if cached (repeatable), e.g. --force train.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run the lifecycle: ingest -> validate -> train (or tune) -> evaluate -> export/compress -> gate ->
+    promote -> release, reusing every step whose inputs are unchanged.
+
+    One MLflow parent run with a child run per step. A failing step stops the pipeline and names itself
+    (exit code 2); the next run resumes there. A model the gate refuses stops it at promote.
+
+    Example:  lineguard pipeline run --data photos/ --set train.budget_s=240
+    """
+    from lineguard.pipeline import run
+
+    result = run(resolve_config(config, set_), data=data, force=force or [],
+                 say=lambda m: console.print(f"[bold cyan]{escape(m)}[/]"))
+    _print_where(result)
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(
+    out: Annotated[Path, typer.Option(help="Where to write the pipeline YAML (kfp v2 IR).")] = Path("pipeline.yaml"),
+    target: Annotated[str, typer.Option(help="Orchestrator: kubeflow (also runs on Vertex AI Pipelines).")] = "kubeflow",
+    image: Annotated[str | None, typer.Option(help="Image every step runs in (default pipeline.image).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Compile the same steps to a Kubeflow Pipelines v2 definition (nothing pip-installs at run time).
+
+    Example:  lineguard pipeline compile --out pipeline.yaml --set pipeline.artifacts=s3://bucket/lg
+    """
+    if target != "kubeflow":
+        raise LineguardError(f"--target '{target}' is not supported; expected: kubeflow")
+    try:
+        from lineguard.pipeline.kubeflow import compile_kubeflow
+    except ImportError as exc:
+        raise LineguardError(f"compiling needs kfp ({exc.name} is missing): pip install 'lineguard[pipelines]'") from None
+    path = compile_kubeflow(resolve_config(config, set_), out, image, say=lambda m: console.print(m, highlight=False))
+    console.print(f"wrote {path}; submit it with the kfp client or upload it in the Kubeflow / Vertex AI UI")
 
 
 # --- the station API (lineguard serve) ---------------------------------------------------------------
@@ -1039,44 +1090,56 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes data, runs and bundles.")] = Path("lineguard-work"),
     quick: Annotated[bool, typer.Option(help="A tiny config (2 recipes, 64 px, 8 epochs) that runs in about a minute.")] = False,
     compress: Annotated[bool, typer.Option(help="Also build and compare compressed candidates.")] = True,
+    force: Annotated[list[str] | None, typer.Option(help="Rerun this step (and what uses its output).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Run the whole lifecycle on the toy ice-cream dataset, end to end.
+    """Run the whole lifecycle on the toy ice-cream dataset, end to end; a second run reuses the cache.
 
-    synth (badly stored photos) -> ingest -> validate -> train -> baseline -> evaluate ->
-    register/gate/promote -> export -> compress -> edge predict and bench. Everything
-    stays under WORKDIR with a SQLite MLflow store: open it with
-    `mlflow ui --backend-store-uri sqlite:///WORKDIR/mlflow.db`.
+    synth (badly stored photos) -> the pipeline (ingest ... release) -> the edge check -> where to look.
+    The same as `lineguard pipeline run` on the toy cones, and as `lineguard.pipeline.run(load_config())`.
     """
-    from rich.table import Table
-
     from lineguard.pipeline import demo_config, run
 
-    cfg = demo_config(config, set_ or [], quick=quick, workdir=workdir)
-    result = run(cfg, compress=compress, say=lambda m: console.print(f"[bold cyan]{m}[/]"))
-    table = Table(title="LineGuard demo: what the lifecycle produced")
+    overrides = [*(set_ or []), *([] if compress else ["pipeline.compress=false"])]
+    cfg = demo_config(config, overrides, quick=quick, workdir=workdir)
+    t0 = time.perf_counter()
+    result = run(cfg, force=force or [], say=lambda m: console.print(f"[bold cyan]{escape(m)}[/]"))
+    _print_where(result)
+    console.print(f"demo: {time.perf_counter() - t0:.0f} s wall")
+
+
+def _print_where(result: PipelineResult) -> None:
+    """The summary: what each step made (or reused) and where to look."""
+    from rich.table import Table
+
+    table = Table(title="LineGuard pipeline: what the lifecycle produced")
     table.add_column("step")
-    table.add_column("result")
+    table.add_column("output")
     table.add_column("seconds", justify="right")
-    ev = (result.figures.get("evaluate") or {}).get("overall") or {}
-    bench = result.figures.get("edge_bench") or {}
-    rows = [
-        ("dataset", f"{result.dataset} (version {result.dataset_version}); {result.figures['ingest']}", "ingest"),
-        ("train", f"run {result.run_id}; test {_fmt_metrics(result.figures['train']['test'])}", "train"),
-        ("baseline", f"{result.figures['baseline']['classifier']}; test {_fmt_metrics(result.figures['baseline']['test'])}",
-         "baseline"),
-        ("evaluate", _fmt_metrics(ev), "evaluate"),
-        ("gate", f"{'passed' if result.gate_passed else 'FAILED'}: " + "; ".join(result.gate_reasons[:3]), "release"),
-        ("bundle", str(result.bundle), "export"),
-        ("compressed", str(result.compressed_bundle), "compress"),
-        ("edge", f"model only {_fmt_metrics(bench.get('model') or {})}; "
-                 f"with preprocessing {_fmt_metrics(bench.get('end_to_end') or {})}", "edge"),
-    ]
-    for name, text, key in rows:
-        table.add_row(name, text, str(result.seconds.get(key, "")))
+    for name, output in result.outputs.items():
+        secs = "cached" if name in result.cached else f"{result.seconds.get(name, 0):.1f}"
+        table.add_row(name, escape(output if name != "gate" else _verdict_text(result.verdict)), secs)
     console.print(table)
-    console.print(f"total {sum(result.seconds.values()):.0f} s; everything is under {result.workdir}")
+    bench = result.edge.get("bench") or {}
+    if bench:
+        console.print(f"edge: model only {_fmt_metrics(bench.get('model') or {})}; "
+                      f"with preprocessing {_fmt_metrics(bench.get('end_to_end') or {})}", highlight=False)
+    if result.line:
+        console.print(f"simulated line: {result.line}", highlight=False)
+    uri = f"sqlite:///{result.workdir / 'mlflow.db'}"
+    console.print(f"ran {len(result.ran)} step(s), reused {len(result.cached)}; everything is under {result.workdir}\n"
+                  f"  runs:    mlflow ui --backend-store-uri {uri}   (parent run {result.parent_run_id})\n"
+                  f"  report:  {result.outputs.get('evaluate', '-')}/report.html\n"
+                  f"  release: {result.outputs.get('release', '-')}  (bundle.tar.gz, release.json, report.md)",
+                  highlight=False, soft_wrap=True)  # whole lines: the command and paths are copied from here
+
+
+def _verdict_text(verdict: dict[str, object]) -> str:
+    reasons = verdict.get("reasons")
+    head = "passed" if verdict.get("passed") else "FAILED"
+    return f"{head} (version {verdict.get('version')}, champion before: {verdict.get('champion')}); " + "; ".join(
+        str(r) for r in (reasons if isinstance(reasons, list) else [])[:3])
 
 
 def _fmt_metrics(metrics: dict[str, object]) -> str:

@@ -435,6 +435,24 @@ class CompressConfig(_Section):
     rounds: int = Field(5, ge=1, description="repeats are split over this many interleaved fresh subprocesses")
 
 
+class PipelineConfig(_Section):
+    """``lineguard pipeline run``: which steps run, on what data, and where a cluster runs them.
+
+    With ``data`` unset the pipeline draws the toy cones first (the demo); then the toy
+    presets (:data:`lineguard.pipeline.TOY_PRESETS`) apply to every key the config does not set.
+    """
+
+    data: str | None = Field(None, description="photos to ingest (folder, archive, CSV, Label Studio export; "
+                             "path or URL); None = draw the toy cones (synth)")
+    tune: bool = Field(False, description="search hyperparameters (the tune section) before the final training")
+    baseline: bool = Field(True, description="also fit the non-deep baseline (colour and shape features)")
+    compress: bool = Field(True, description="build compression candidates and ship the one that fits the budget")
+    artifacts: str | None = Field(None, description="where steps write datasets, reports and bundles (a folder "
+                                  "or s3://, gs://, az:// URL); None = the workdir")
+    image: str = Field("lineguard:latest", min_length=1, description="container image each Kubeflow step runs in "
+                       "(docker/Dockerfile)")
+
+
 class LimitsConfig(_Section):
     """What the edge, ``predict``, ``bench`` and the bundle loader read at most (docs/security.md).
 
@@ -488,6 +506,7 @@ class LineguardConfig(_Section):
     compress: CompressConfig = CompressConfig()
     limits: LimitsConfig = LimitsConfig()
     trust: TrustConfig = TrustConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (what is saved with every run)."""
@@ -633,6 +652,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         data = loaded
     for override in overrides:
         _apply_override(data, override)
+    _check_keys(data, LineguardConfig, "")
+    try:
+        return LineguardConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def parse_config(text: str, source: str = "config text") -> LineguardConfig:
+    """A config from YAML text (what each pipeline step receives), checked like a config file."""
+    if len(text.encode("utf-8")) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source} is larger than {MAX_YAML_BYTES:,} bytes")
+    try:
+        data = _safe_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {' '.join(str(exc).split())}") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a mapping of sections, got {type(data).__name__}")
     _check_keys(data, LineguardConfig, "")
     try:
         return LineguardConfig.model_validate(data)

@@ -18,6 +18,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -296,10 +297,12 @@ def start_run(
     tags: Mapping[str, Any] | None = None,
     parent_run_id: str | None = None,
 ) -> Iterator[Run]:
-    """Open a run (nested under ``parent_run_id`` if given); it ends FINISHED, or FAILED on error."""
+    """Open a run (nested under ``parent_run_id``, else under :func:`nested_under`'s run, if any);
+    it ends FINISHED, or FAILED on error."""
     cl = client(config)
     exp = experiment_id(config, cl)
     all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    parent_run_id = parent_run_id or _NEST_UNDER.get()
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     try:
@@ -424,6 +427,62 @@ def load_model_from_run(config: LineguardConfig, run_id: str) -> tuple[torch.nn.
         )
     model.eval()
     return model, meta
+
+# === pipelines: the parent run and one child run per step (owned by pipeline) ==============
+
+TAG_PIPELINE_STEP = "pipeline.step"
+TAG_PIPELINE_CACHED = "pipeline.cached"
+# The run that runs started without an explicit parent nest under (set by nested_under).
+_NEST_UNDER: ContextVar[str | None] = ContextVar("lineguard_nest_under", default=None)
+
+
+@contextmanager
+def nested_under(run_id: str | None) -> Iterator[None]:
+    """Runs started inside this block without their own parent become children of ``run_id``.
+
+    A pipeline step wraps its library call in it, so the training, evaluation and
+    compression runs the step makes appear under the step's run in the MLflow UI.
+    """
+    token = _NEST_UNDER.set(run_id or None)
+    try:
+        yield
+    finally:
+        _NEST_UNDER.reset(token)
+
+
+def open_run(config: LineguardConfig, name: str, tags: Mapping[str, Any] | None = None,
+             parent_run_id: str | None = None) -> str:
+    """Start a run that outlives this call (a pipeline's parent run on Kubeflow); close it with :func:`end_run`."""
+    cl = client(config)
+    exp = experiment_id(config, cl)
+    all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    try:
+        return str(cl.create_run(exp, run_name=name, tags=all_tags).info.run_id)
+    except Exception as exc:
+        raise TrackingError(f"cannot start a run in '{config.tracking_uri()}': {_one_line(exc)}") from None
+
+
+def end_run(config: LineguardConfig, run_id: str, status: str = "FINISHED") -> None:
+    """Mark a run FINISHED (or FAILED / KILLED)."""
+    try:
+        client(config).set_terminated(run_id, status=status)
+    except Exception as exc:
+        raise TrackingError(f"cannot end run '{run_id}': {_one_line(exc)}") from None
+
+
+def run_status(config: LineguardConfig, run_id: str) -> str | None:
+    """A run's status (FINISHED, FAILED, RUNNING ...), or None when the store has no such run."""
+    try:
+        return str(client(config).get_run(run_id).info.status)
+    except LineguardError:
+        raise
+    except Exception as exc:
+        if _is_absent(exc) or "not found" in str(exc).lower():
+            return None
+        raise TrackingError(f"cannot read run '{run_id}': {_one_line(exc)}") from None
+
 
 # === tuning and baseline helpers (owned by tune/baseline) ====================================
 

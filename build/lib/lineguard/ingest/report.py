@@ -1,0 +1,157 @@
+"""The ingest report: counts, rejected files, conflicts, duplicates; saved as report.json / report.md."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# C0/C1 controls (ESC starts terminal escape sequences) and the bidi overrides that make
+# text read differently from what it is ("Trojan source"): shown as \xNN / \uNNNN.
+_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~-])")
+
+
+def visible(text: object) -> str:
+    """``text`` with control and bidi characters shown as escapes, newlines and tabs as ``\\n`` / ``\\t``."""
+    s = str(text).replace("\n", "\\n").replace("\t", "\\t")
+    return _UNSAFE_CHARS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                             else f"\\u{ord(m.group()):04x}", s)
+
+
+def escape_markdown(text: object) -> str:
+    """Untrusted text (file names, recipes) as literal Markdown: no markup, no HTML, no table breaks."""
+    s = _MD_SPECIAL.sub(r"\\\1", visible(text))
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def code_span(text: object, in_table: bool = False) -> str:
+    """Untrusted text as one Markdown code span; the fence is longer than any backtick run inside.
+
+    ``in_table`` also escapes ``|`` (GFM reads ``\\|`` as a pipe inside a table cell, even in code).
+    """
+    s = visible(text)
+    longest = max((len(run) for run in re.findall(r"`+", s)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") or longest else ""
+    if in_table:
+        s = s.replace("|", "\\|")
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
+def escape_html(text: object) -> str:
+    """Untrusted text for HTML element content or a quoted attribute."""
+    return html.escape(visible(text), quote=True)
+
+
+def terminal_text(text: object) -> str:
+    """Untrusted text for the terminal through rich: no escape sequences, no rich markup."""
+    from rich.markup import escape
+
+    return escape(visible(text))
+
+
+@dataclass
+class IngestReport:
+    """What ingest did, file by file where it matters. Saved as report.json / report.md."""
+
+    source: str
+    out: str
+    version: str = ""
+    files_seen: int = 0
+    images: int = 0
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> "recipe/label" -> n
+    rejected: list[dict[str, str]] = field(default_factory=list)  # source_path, reason, detail
+    conflicts: list[dict[str, Any]] = field(default_factory=list)  # source_path, field, values
+    unlabelled: list[str] = field(default_factory=list)
+    duplicates_exact: list[dict[str, Any]] = field(default_factory=list)  # kept, copies
+    near_duplicate_groups: list[list[str]] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)  # source paths left out of test to balance it
+    skipped_hidden: int = 0
+    warnings: list[str] = field(default_factory=list)
+    layout: str = ""
+    split_source: str = ""  # seed (LineGuard split it), folders or csv (the source's own split, kept)
+    split_leaks: list[dict[str, Any]] = field(default_factory=list)  # the source's split, checked
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        """The report as Markdown; every name that came from the source is escaped."""
+        c, e = code_span, escape_markdown
+        lines = [
+            "# Ingest report",
+            "",
+            f"- source: {c(self.source)}",
+            f"- dataset: {c(self.out)} version {c(self.version)}",
+            f"- files seen: {self.files_seen}; images in the dataset: {self.images}; layout: {e(self.layout)}; "
+            f"split: {e(self.split_source or 'seed')}",
+            f"- rejected: {len(self.rejected)}; conflicts held out: {len(self.conflicts)}; "
+            f"unlabelled: {len(self.unlabelled)}; hidden files skipped: {self.skipped_hidden}",
+            f"- exact duplicates removed: {sum(len(d['copies']) for d in self.duplicates_exact)}; "
+            f"near-duplicate groups: {len(self.near_duplicate_groups)}; left out of test to balance it: "
+            f"{len(self.unused)}",
+            "",
+            "## Images per recipe, class and split",
+            "",
+            "| recipe | class | train | val | test | unused |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        cells = sorted({c for split in self.counts.values() for c in split})
+        for cell in cells:
+            recipe, label = cell.rsplit("/", 1)
+            n = [self.counts.get(s, {}).get(cell, 0) for s in ("train", "val", "test", "unused")]
+            lines.append(f"| {e(recipe)} | {e(label)} | " + " | ".join(str(v) for v in n) + " |")
+        leaks = []
+        for leak in self.split_leaks:
+            files = leak.get("files") or leak.get("moved_to_unused") or []
+            leaks.append(f"- {c(leak['kind'])}: kept in {c(leak['kept_in'])}; " + ", ".join(c(f) for f in files))
+        for title, items in (
+            ("Warnings", [f"- {e(w)}" for w in self.warnings]),
+            ("Rejected files", [f"- {c(r['source_path'])}: {c(r['reason'])} {e(r['detail'])}".rstrip()
+                                for r in self.rejected]),
+            ("Conflicts (held out)", [f"- {c(x['source_path'])}: {c(x['field'])} {e(x['values'])}"
+                                      for x in self.conflicts]),
+            ("Unlabelled (held out)", [f"- {c(p)}" for p in self.unlabelled]),
+            ("Exact duplicates", [f"- {c(d['kept'])} kept; copies: {', '.join(c(x) for x in d['copies'])}"
+                                  for d in self.duplicates_exact]),
+            ("Near-duplicate groups", [f"- {', '.join(c(p) for p in g)}" for g in self.near_duplicate_groups]),
+            ("Split leaks", leaks),
+        ):
+            if items:
+                lines += ["", f"## {title}", "", *items]
+        return "\n".join(lines) + "\n"
+
+
+def print_report(report: IngestReport, console: Any) -> None:
+    """The ingest report as rich tables (what ``lineguard data ingest`` shows)."""
+    from rich.table import Table
+
+    t = terminal_text
+    table = Table(title=f"Dataset {report.version} ({report.images} images)")
+    for col in ("recipe", "class", "train", "val", "test", "unused"):
+        table.add_column(col, justify="right" if col not in ("recipe", "class") else "left")
+    for cell in sorted({c for split in report.counts.values() for c in split}):
+        recipe, label = cell.rsplit("/", 1)
+        table.add_row(t(recipe), t(label), *(str(report.counts.get(s, {}).get(cell, 0)) for s in ("train", "val", "test", "unused")))
+    console.print(table)
+    summary = Table(title="Files", show_header=False)
+    reasons = Counter(r["reason"] for r in report.rejected)
+    summary.add_row("seen", str(report.files_seen))
+    summary.add_row("rejected", ", ".join(f"{t(k)}: {v}" for k, v in sorted(reasons.items())) or "0")
+    summary.add_row("conflicts (held out)", str(len(report.conflicts)))
+    summary.add_row("unlabelled (held out)", str(len(report.unlabelled)))
+    summary.add_row("exact duplicates removed", str(sum(len(d["copies"]) for d in report.duplicates_exact)))
+    summary.add_row("near-duplicate groups", str(len(report.near_duplicate_groups)))
+    summary.add_row("left out of test (balance)", str(len(report.unused)))
+    summary.add_row("hidden files skipped", str(report.skipped_hidden))
+    summary.add_row("split", t(report.split_source or "seed") + (f"; {len(report.split_leaks)} leak(s) resolved"
+                                                                  if report.split_leaks else ""))
+    console.print(summary)
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {t(w)}", highlight=False)
+
+
