@@ -231,7 +231,7 @@ function renderTiles(s) {
   const t = $("tiles");
   clear(t);
   const c = s.counts;
-  t.append(tile("Inspected", String(c.inspected), `since ${stamp(s.since)}`),
+  t.append(tile("Inspected", String(c.inspected), s.first_time ? `since ${stamp(s.first_time)}` : "nothing yet"),
     tile("Rejected", String(c.rejected), recipeName(s.recipe)),
     tile("Reject rate", pct(c.reject_rate), ""));
   const e = s.estimate;

@@ -15,12 +15,19 @@ route                                       token   what it does
 ``GET  /v1/predictions``                    no      decisions, paged (``after_id``, ``limit``) and
                                                     filtered (``since``, ``until``, ``recipe``, ``decision``)
 ``GET  /v1/predictions/{id}``               no      one decision
-``GET  /v1/predictions/{id}/image``         no      its sampled image (PNG), when it was sampled
+``GET  /v1/predictions/{id}/image``         no      its sampled image (PNG), when it was sampled; ``?thumb=``
+                                                    scales it down
+``GET  /v1/summary``                        no      what the dashboard shows (:mod:`lineguard.edge.summary`)
+``POST /v1/auth``                           yes     checks the token, changes nothing (the dashboard's login)
 ``POST /v1/feedback``                       yes     an operator's true label for a decision
 ``GET|POST /v1/recipe``                     yes*    the current recipe (* POST only)
 ``GET|POST /v1/model``                      yes*    the running model; POST hot-swaps it (off unless
                                                     enabled: 403)
 ==========================================  ======  ===================================================
+
+``GET /`` serves the operator dashboard (``lineguard/dashboard/``, docs/dashboard.md). Every answer
+carries a strict Content-Security-Policy and the other page headers; writes from another ``Origin``
+and writes that are not JSON (but the image upload) are refused (:class:`_PageGuard`).
 
 Every route that changes state depends on :func:`require_token` (``Authorization: Bearer``,
 compared in constant time); :func:`unguarded_write_routes` lists any that does not, and

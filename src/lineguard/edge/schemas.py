@@ -151,6 +151,7 @@ class SummaryOut(_Out):
 
     station: str
     since: float | None = Field(description="Unix seconds the counts start from (the lookback)")
+    first_time: float | None = Field(description="Capture time of the oldest decision counted")
     last_id: int = Field(description="The newest prediction id read; the page polls /v1/predictions after it")
     rows: int
     complete: bool = Field(description="False while a large store is still being read in (spread over polls)")

@@ -106,6 +106,7 @@ class DashboardSummary:
         self.clock = clock
         self._lock = threading.Lock()
         self._since: float | None = None
+        self._first_time: float | None = None
         self._last_id = 0
         self._rows = 0
         self._caught_up = False
@@ -137,7 +138,7 @@ class DashboardSummary:
         return self._kpi
 
     def _reset(self) -> None:
-        self._since, self._last_id, self._rows, self._caught_up = None, 0, 0, False
+        self._since, self._first_time, self._last_id, self._rows, self._caught_up = None, None, 0, 0, False
         self._scores.clear()
         self._series.clear()
         self._feedback_after = 0
@@ -153,6 +154,7 @@ class DashboardSummary:
         self._kpi.add(t, recipe, str(row.get("bundle_version", "")), score, rejected)
         self._scores.append((score, rejected, recipe))
         self._rows += 1
+        self._first_time = t if self._first_time is None else min(self._first_time, t)
         stats = row.get("stats") or {}
         if isinstance(stats, dict) and stats:
             b = int(t // self.series_width_s)
@@ -243,6 +245,7 @@ class DashboardSummary:
             body = {
                 "station": self.station.name,
                 "since": self._since,
+                "first_time": self._first_time,
                 "last_id": self._last_id,
                 "rows": self._rows,
                 "complete": self._caught_up,
