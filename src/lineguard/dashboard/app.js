@@ -233,7 +233,7 @@ function renderTiles(s) {
   const c = s.counts;
   t.append(tile("Inspected", String(c.inspected), s.first_time ? `since ${stamp(s.first_time)}` : "nothing yet"),
     tile("Rejected", String(c.rejected), recipeName(s.recipe)),
-    tile("Reject rate", pct(c.reject_rate), ""));
+    tile("Reject rate", pct(c.reject_rate), s.complete ? "" : `still reading the store back (${s.rows} decisions so far)`));
   const e = s.estimate;
   t.append(e.available
     ? tile("Estimated balanced accuracy", pct(e.balanced_accuracy), e.trustworthy ? interval(e.balanced_accuracy_interval) : "not trustworthy now: drift", e.trustworthy ? "" : "warn")

@@ -87,7 +87,7 @@ class DashboardSummary:
         series_len: int = 240,
         level_len: int = 300,
         page: int = 1000,
-        max_rows_per_refresh: int = 50_000,
+        max_rows_per_refresh: int = 20_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         from lineguard.monitor.kpi import KpiBook, check_shifts
