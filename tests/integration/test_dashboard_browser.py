@@ -320,3 +320,80 @@ def test_a_hostile_recipe_name_renders_as_text(open_page: Any, served: Served) -
     assert page.locator("img[src='x']").count() == 0  # no element was made from the name
     assert p.dialogs == [] and p.errors == [] and p.outside == []
     httpx.post(f"{served.url}/v1/recipe", json={"recipe": None}, headers=AUTH)
+
+
+def test_lineguard_serve_over_a_folder_with_a_hostile_file_name(browser: Any, tmp_path: Path) -> None:
+    """The page over the real `lineguard serve` (store, runtime, folder source): a file named like markup shows
+    as text in the frame's detail, nothing runs, and a feedback tap lands in the real store."""
+    pytest.importorskip("lineguard.edge.station", reason="the runtime branch (edge/station.py) is not merged yet")
+    import io
+    import json
+
+    from PIL import Image
+
+    bundle = make_toy_bundle(tmp_path / "toy", recipes=("vanilla_sprinkles", "chocolate_nuts"))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    names = [f"cone-{i:02d}.png" for i in range(8)] + [f"{HOSTILE}.png"]
+    for i, name in enumerate(names):
+        buf = io.BytesIO()
+        Image.fromarray(cone_frame(700 + i, "vanilla_sprinkles")).save(buf, format="PNG")
+        (frames / name).write_bytes(buf.getvalue())
+    store = tmp_path / "store" / "line1.db"
+    config = tmp_path / "station.yaml"
+    config.write_text(json.dumps({"station": "line1", "recipe": "vanilla_sprinkles", "store": {"path": str(store),
+                                  "sampling": {"pass_share": 1.0}}}))
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    proc = subprocess.Popen([sys.executable, "-m", "lineguard.cli", "serve", "--bundle", str(bundle), "--config",
+                             str(config), "--source", str(frames), "--port", "0", "--token-file", str(token_file)],
+                            cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        url = ""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not url:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "listening on " in line:
+                url = line.split("listening on ", 1)[1].split()[0]
+        assert url, "lineguard serve did not start:\n" + "".join(lines)
+        threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True).start()
+        deadline = time.monotonic() + 60
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and len(rows) < len(names):
+            rows = httpx.get(f"{url}/v1/predictions").json()["items"]
+            time.sleep(0.3)
+        assert len(rows) == len(names), "".join(lines)
+        hostile = next(r for r in rows if HOSTILE in r["source"])
+        ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+        outside: list[str] = []
+        dialogs: list[str] = []
+        ctx.route("**/*", lambda r: r.continue_() if urlsplit(r.request.url).hostname == "127.0.0.1"
+                  else (outside.append(r.request.url), r.abort()))
+        page = ctx.new_page()
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(url + "/")
+        page.wait_for_selector(f"#live-list li[data-id='{hostile['id']}']", timeout=20_000)
+        page.click(f"#live-list li[data-id='{hostile['id']}'] button")
+        page.wait_for_selector("#detail[open]")
+        page.wait_for_function("(h) => document.getElementById('detail-fields').textContent.includes(h)", arg=HOSTILE)
+        assert page.locator("img[src='x']").count() == 0
+        login(Page(page, outside, [], dialogs))
+        page.click("#detail-bad")
+        page.wait_for_selector("#detail-status:text('Saved')")
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as con:
+            assert con.execute("SELECT label FROM feedback WHERE prediction_id = ?", (hostile["id"],)).fetchall() == [("bad",)]
+        assert dialogs == [] and outside == []
+        ctx.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
