@@ -384,8 +384,10 @@ def test_lineguard_serve_over_a_folder_with_a_hostile_file_name(browser: Any, tm
         page.wait_for_selector("#detail[open]")
         page.wait_for_function("(h) => document.getElementById('detail-fields').textContent.includes(h)", arg=HOSTILE)
         assert page.locator("img[src='x']").count() == 0
-        login(Page(page, outside, [], dialogs))
-        page.click("#detail-bad")
+        page.click("#detail-bad")  # not logged in: the login opens, and the feedback is sent after it
+        page.wait_for_selector("#login[open]")
+        page.fill("#login-token", TOKEN)
+        page.click("#login-submit")
         page.wait_for_selector("#detail-status:text('Saved')")
         with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as con:
             assert con.execute("SELECT label FROM feedback WHERE prediction_id = ?", (hostile["id"],)).fetchall() == [("bad",)]
