@@ -1053,6 +1053,40 @@ def serve_cmd(
           limits=limits)
 
 
+# --- monitoring (lineguard monitor ...) -------------------------------------------------------------
+
+monitor_app = typer.Typer(help="Monitoring: the report over a station's store.", no_args_is_help=True)
+app.add_typer(monitor_app, name="monitor")
+
+
+@monitor_app.command("report")
+def monitor_report_cmd(
+    store: Annotated[Path, typer.Option("--store", help="The station's store (store.path in station.yaml, e.g. edge.db).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("monitoring-report.html"),
+    since: Annotated[str | None, typer.Option(help="From this time: unix seconds or ISO 8601 (2026-11-02T06:00:00Z).")] = None,
+    until: Annotated[str | None, typer.Option(help="Before this time (same forms).")] = None,
+    bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help=(
+        "The station's bundle: its monitoring reference replays the drift detectors with their alarm thresholds, "
+        "its classes and cost matrix price the KPIs."))] = None,
+    window: Annotated[int, typer.Option(help="Frames per window of the accuracy estimate.")] = 500,
+    shift_starts: Annotated[str, typer.Option(help="Local hours at which shifts start, comma-separated.")] = "6,14,22",
+    tz: Annotated[str, typer.Option(help="Time zone of the shifts (IANA name, e.g. Europe/Berlin).")] = "UTC",
+    trust_key: TrustKeyOpt = None,
+    digest: DigestOpt = None,
+) -> None:
+    """Write a self-contained HTML monitoring report of a station's store (docs/monitoring-report.md)."""
+    from lineguard.monitor.report import parse_time, write_report
+
+    try:
+        shifts = tuple(int(h) for h in shift_starts.split(",") if h.strip())
+    except ValueError:
+        raise LineguardError(f"--shift-starts {shift_starts!r} must be hours such as 6,14,22") from None
+    loaded = _load_trusted(bundle, resolve_config(None, None), trust_key, digest) if bundle is not None else None
+    path = write_report(store, out, since=parse_time(since, "since"), until=parse_time(until, "until"), bundle=loaded,
+                        window=window, shifts=shifts, tz=tz)
+    console.print(f"monitoring report: {path}")
+
+
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes data, runs and bundles.")] = Path("lineguard-work"),

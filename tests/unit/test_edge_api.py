@@ -192,6 +192,7 @@ def test_busy_and_draining_answer_503(station: StationFixture) -> None:
 def _write_requests() -> dict[str, dict[str, Any]]:
     return {
         "/v1/predict": {"content": png(230)},
+        "/v1/auth": {"json": {}},
         "/v1/feedback": {"json": {"prediction_id": 1, "label": "good"}},
         "/v1/recipe": {"json": {"recipe": "vanilla"}},
         "/v1/model": {"json": {"path": "/nonexistent"}},
@@ -332,7 +333,8 @@ def test_unknown_routes_and_methods_are_json(station: StationFixture) -> None:
     client = client_for(station)
     assert_error(client.get("/v1/nope"), 404, "not_found")
     assert_error(client.delete("/v1/predict", headers=AUTH), 405, "method_not_allowed")
-    assert client.get("/").json()["health"] == "/v1/health"
+    index = client.get("/")  # the dashboard (lineguard/dashboard/index.html ships in the package)
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
     assert client.get("/docs").status_code == 404  # no Swagger UI: it would load from a CDN
 
 

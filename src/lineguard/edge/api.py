@@ -15,12 +15,19 @@ route                                       token   what it does
 ``GET  /v1/predictions``                    no      decisions, paged (``after_id``, ``limit``) and
                                                     filtered (``since``, ``until``, ``recipe``, ``decision``)
 ``GET  /v1/predictions/{id}``               no      one decision
-``GET  /v1/predictions/{id}/image``         no      its sampled image (PNG), when it was sampled
+``GET  /v1/predictions/{id}/image``         no      its sampled image (PNG), when it was sampled; ``?thumb=``
+                                                    scales it down
+``GET  /v1/summary``                        no      what the dashboard shows (:mod:`lineguard.edge.summary`)
+``POST /v1/auth``                           yes     checks the token, changes nothing (the dashboard's login)
 ``POST /v1/feedback``                       yes     an operator's true label for a decision
 ``GET|POST /v1/recipe``                     yes*    the current recipe (* POST only)
 ``GET|POST /v1/model``                      yes*    the running model; POST hot-swaps it (off unless
                                                     enabled: 403)
 ==========================================  ======  ===================================================
+
+``GET /`` serves the operator dashboard (``lineguard/dashboard/``, docs/dashboard.md). Every answer
+carries a strict Content-Security-Policy and the other page headers; writes from another ``Origin``
+and writes that are not JSON (but the image upload) are refused (:class:`_PageGuard`).
 
 Every route that changes state depends on :func:`require_token` (``Authorization: Bearer``,
 compared in constant time); :func:`unguarded_write_routes` lists any that does not, and
@@ -52,6 +59,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from lineguard.edge.hotswap import ModelSlot
+    from lineguard.edge.summary import DashboardSummary
 
 __all__ = [
     "API_VERSION",
@@ -68,6 +76,20 @@ __all__ = [
 API_VERSION = "1.0"
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Sent with every answer (see _PageGuard). The dashboard needs nothing but its own files and the API:
+# no inline script or style, no other origin, no frames, no plugins, no forms that post elsewhere.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+                           "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+                           "form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+)
 LIVE_SOURCES = ("camera", "url")  # sources whose disconnection degrades health (files and push do not)
 # Reasons in the store's health that mean a decision cannot be recorded (the rest degrade, e.g. sampling).
 STORE_WRITE_FAILURES = ("write_failed", "unavailable")
@@ -207,6 +229,21 @@ class ApiError(LineguardError):
         self.reason = reason
         self.headers = dict(headers or {})
         super().__init__(message)
+
+
+def _thumbnail(png: bytes, size: int) -> bytes:
+    """A stored PNG scaled down to fit ``size`` x ``size`` (unchanged when it already fits)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as img:
+        if max(img.size) <= size:
+            return png
+        img.thumbnail((size, size))
+        out = io.BytesIO()
+        img.save(out, format="PNG")
+        return out.getvalue()
 
 
 def _one_line(text: str, limit: int = 400) -> str:
@@ -368,13 +405,16 @@ def create_app(
     limits: ApiLimits | None = None,
     intake: Intake | None = None,
     allowed_hosts: list[str] | None = None,
+    summary: "DashboardSummary | None" = None,
 ) -> "FastAPI":
     """The API app over ``station`` (see the module docstring for the routes).
 
     ``token`` guards every state-changing route; ``allow_hot_swap`` enables ``POST /v1/model``
     (403 otherwise); ``limits`` bounds each request; ``intake`` is shared with the server so a
     shutdown can close it and wait for in-flight uploads; ``allowed_hosts`` (e.g. the loopback
-    names when bound to 127.0.0.1) refuses other ``Host`` headers, against DNS rebinding.
+    names when bound to 127.0.0.1) refuses other ``Host`` headers, against DNS rebinding;
+    ``summary`` aggregates the store for ``GET /v1/summary`` (default: a
+    :class:`~lineguard.edge.summary.DashboardSummary` with its defaults, built at the first call).
     """
     from fastapi import Depends, FastAPI, Query, Request
     from fastapi import Path as PathParam
@@ -558,13 +598,44 @@ def create_app(
 
     @app.get("/v1/predictions/{prediction_id}/image", tags=["decisions"], response_class=Response,
              responses={200: {"content": {"image/png": {}}}, 404: err})
-    def prediction_image(prediction_id: int = PathParam(ge=1)) -> Response:
-        """The sampled image of a decision (PNG); 404 when the decision was not sampled."""
-        data = station.store.image(prediction_id)
+    async def prediction_image(
+        prediction_id: int = PathParam(ge=1),
+        thumb: int | None = Query(None, ge=16, le=1024, description="Scale down to fit this many pixels (a thumbnail)"),
+    ) -> Response:
+        """The sampled image of a decision (PNG), optionally scaled down; 404 when the decision was not sampled."""
+        data = await run_in_threadpool(station.store.image, prediction_id)
         if data is None:
-            what = "no prediction" if station.store.prediction(prediction_id) is None else "no sampled image for prediction"
+            found = await run_in_threadpool(station.store.prediction, prediction_id)
+            what = "no prediction" if found is None else "no sampled image for prediction"
             raise ApiError(404, "not_found", f"{what} with id {prediction_id}")
+        if thumb is not None:
+            data = await run_in_threadpool(_thumbnail, data, thumb)
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+    summary_lock = threading.Lock()
+    summary_holder: list[DashboardSummary] = [summary] if summary is not None else []
+
+    @app.get("/v1/summary", response_model=S.SummaryOut, tags=["dashboard"], responses={304: {"description": "unchanged"}})
+    def get_summary(request: Request) -> Any:
+        """What the dashboard shows: counts and reject rate per recipe and shift, score histogram against the
+        bundle's reference, KPIs and cost, estimated and feedback-measured accuracy, drift, shadow agreement.
+
+        Read incrementally from the store (only the rows after the last one seen). Answers carry an ``ETag``;
+        send it back as ``If-None-Match`` and an unchanged summary is a bodyless 304."""
+        import hashlib
+        import json
+
+        from lineguard.edge.summary import DashboardSummary
+
+        with summary_lock:
+            if not summary_holder:
+                summary_holder.append(DashboardSummary(station))
+        body = json.dumps(summary_holder[0].snapshot(), separators=(",", ":"), allow_nan=False).encode()
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if etag in [t.strip() for t in (request.headers.get("if-none-match") or "").split(",")]:
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type="application/json", headers=headers)
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -583,6 +654,11 @@ def create_app(
         except LineguardError as exc:  # e.g. removed by retention since the check above
             raise ApiError(422, "feedback_refused", _one_line(str(exc))) from None
         return {"id": fid, "prediction_id": body.prediction_id, "label": body.label}
+
+    @app.post("/v1/auth", dependencies=guarded, response_model=S.AuthOut, tags=["control"], responses={401: err})
+    def check_token(body: S.AuthIn) -> Any:
+        """Check a token without changing anything: the dashboard's login (200 with the token, 401 without)."""
+        return {"ok": True, "station": station.name}
 
     @app.get("/v1/recipe", response_model=S.RecipeOut, tags=["control"])
     def get_recipe() -> Any:
@@ -644,6 +720,7 @@ def create_app(
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    app.add_middleware(_PageGuard)  # outermost: its headers go on every answer, the Host check's too
 
     missing = unguarded_write_routes(app)
     if missing:  # a programming error: never serve a write route without the token
@@ -652,7 +729,7 @@ def create_app(
 
 
 class _RequestMetrics:
-    """ASGI middleware: counts requests per route template, method and status; adds nosniff to every answer."""
+    """ASGI middleware: counts requests per route template, method and status."""
 
     def __init__(self, app: Any, counter: Any) -> None:
         self.app = app
@@ -667,9 +744,6 @@ class _RequestMetrics:
         async def send_wrapper(message: Any) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-content-type-options", b"nosniff"))
-                message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -678,6 +752,92 @@ class _RequestMetrics:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             self.counter.labels(path, scope.get("method", ""), str(status["code"])).inc()
+
+
+def _header(scope: Any, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def origin_matches(origin: str, host: str | None) -> bool:
+    """True when an ``Origin`` header names the host the request was sent to (scheme ignored, port not).
+
+    ``null`` (a sandboxed frame, a file: page) and anything unparsable never match.
+    """
+    from urllib.parse import urlsplit
+
+    if not host:
+        return False
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        return False
+    return parts.netloc.lower() == host.strip().lower()
+
+
+class _PageGuard:
+    """ASGI middleware: what makes the API safe to open in a browser next to other pages.
+
+    - a write (any method but GET/HEAD/OPTIONS) whose ``Origin`` header is present and does
+      not name this host is refused (403 ``cross_origin``): another page cannot post here,
+      even with a stolen token in its hands, and the token itself is never sent by a browser
+      on its own (it is not a cookie);
+    - a write other than ``POST /v1/predict`` (which takes the image bytes) must be
+      ``application/json`` (415 ``unsupported_media_type``), so no HTML form can make one;
+    - every answer carries :data:`SECURITY_HEADERS` (a strict Content-Security-Policy with no
+      inline script or style, frame-ancestors 'none', nosniff, no referrer, same-origin
+      resource policy) and, unless the route set one, a ``Cache-Control``: ``no-cache`` for
+      the dashboard's files (revalidated by ETag), ``no-store`` for the API's JSON.
+    """
+
+    def __init__(self, app: Any, raw_body_paths: frozenset[str] = frozenset({"/v1/predict"})) -> None:
+        self.app = app
+        self.raw_body_paths = raw_body_paths
+
+    async def _refuse(self, send: Any, status: int, reason: str, message: str) -> None:
+        import json
+
+        body = json.dumps({"error": message, "reason": reason}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   *SECURITY_HEADERS, (b"cache-control", b"no-store")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = str(scope.get("method", "GET")).upper()
+        path = str(scope.get("path", ""))
+        if method not in READ_METHODS:
+            origin = _header(scope, b"origin")
+            if origin is not None and not origin_matches(origin, _header(scope, b"host")):
+                await self._refuse(send, 403, "cross_origin", f"a write from another origin "
+                                   f"({_one_line(origin, 80)}) is refused; use the station's own page or no Origin")
+                return
+            if path not in self.raw_body_paths:
+                kind = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+                if kind != "application/json":
+                    await self._refuse(send, 415, "unsupported_media_type", f"{method} {_one_line(path, 80)} takes "
+                                       f"a JSON body (Content-Type: application/json), not {kind or 'no content type'}")
+                    return
+        api = path.startswith(("/v1/", "/metrics", "/openapi.json"))
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {bytes(k).lower() for k, _ in headers}
+                headers += [h for h in SECURITY_HEADERS if h[0] not in names]
+                if b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store" if api else b"no-cache"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
 
 
 class _SchemaOnly:

@@ -135,3 +135,32 @@ class HealthOut(_Out):
     store: dict[str, Any]
     runtime: dict[str, Any]
     api: dict[str, Any]
+
+
+class AuthIn(_In):
+    """The body of POST /v1/auth: nothing (the token is the header)."""
+
+
+class AuthOut(_Out):
+    ok: bool
+    station: str
+
+
+class SummaryOut(_Out):
+    """GET /v1/summary (lineguard.edge.summary): each section says whether it is ``available``."""
+
+    station: str
+    since: float | None = Field(description="Unix seconds the counts start from (the lookback)")
+    first_time: float | None = Field(description="Capture time of the oldest decision counted")
+    last_id: int = Field(description="The newest prediction id read; the page polls /v1/predictions after it")
+    rows: int
+    complete: bool = Field(description="False while a large store is still being read in (spread over polls)")
+    recipe: str | None
+    model: dict[str, Any] = Field(description="name, version, digest, classes, positive_class, thresholds, cost")
+    counts: dict[str, Any] = Field(description="inspected, rejected, reject_rate; per_recipe, per_shift, per_version")
+    scores: dict[str, Any] = Field(description="histogram of the recent scores (edges, counts) and the bundle's reference")
+    kpi: dict[str, Any] = Field(description="expected escapes and false rejects and their cost, per recipe/shift/version")
+    estimate: dict[str, Any] = Field(description="label-free estimate (CBPE) of balanced accuracy, false-reject and escape rates")
+    feedback: dict[str, Any] = Field(description="operator labels: measured rates beside the estimate for the same frames")
+    drift: dict[str, Any] = Field(description="signals over time with reference and threshold; alarms with their frame")
+    shadow: dict[str, Any] = Field(description="the challenger's agreement, when one runs in shadow")
