@@ -25,8 +25,8 @@ import pytest
 from PIL import Image
 
 from lineguard.config import ConfigError, IngestConfig, load_config
+from lineguard.escaping import code_span, escape_html, escape_markdown, terminal_text
 from lineguard.ingest import IngestError, ingest
-from lineguard.ingest.report import code_span, escape_html, escape_markdown, terminal_text
 from lineguard.manifest import DatasetError, load_dataset
 
 CFG = IngestConfig(workers=0)

@@ -28,7 +28,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "lineguard"
 
 LAYERS: list[tuple[str, ...]] = [
     ("lineguard",),  # the package: LineguardError and the version
-    ("lineguard.config", "lineguard.storage"),  # foundation: the typed config, every read and write
+    ("lineguard.config", "lineguard.storage", "lineguard.escaping"),  # foundation: config, every read and write, safe names
     ("lineguard.preprocess",),  # THE preprocessing contract
     ("lineguard.monitor",),  # pure signals and detectors: the edge runs them, export computes their reference
     ("lineguard.edge",),  # the runtime contracts: bundle, Decision, runner, predictor

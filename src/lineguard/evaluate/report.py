@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lineguard.escaping import code_span, escape_html, escape_markdown
 from lineguard.evaluate import metrics as m
-from lineguard.ingest.report import code_span, escape_html, escape_markdown
 
 if TYPE_CHECKING:
     from lineguard.evaluate.evaluation import EvaluationResult

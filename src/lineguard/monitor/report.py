@@ -195,7 +195,7 @@ _COLOURS = ("#1f5fbf", "#e08a00", "#17803d", "#b3261e", "#6b3fb5", "#00838f", "#
 
 
 def _esc(text: object) -> str:
-    from lineguard.ingest.report import escape_html
+    from lineguard.escaping import escape_html
 
     return escape_html(text)
 
