@@ -1127,13 +1127,21 @@ def _print_where(result: PipelineResult) -> None:
     if bench:
         console.print(f"edge: model only {_fmt_metrics(bench.get('model') or {})}; "
                       f"with preprocessing {_fmt_metrics(bench.get('end_to_end') or {})}", highlight=False)
-    if result.line:
-        console.print(f"simulated line: {result.line}", highlight=False)
+    line = result.line or {}
+    if line:
+        console.print(f"simulated line: {line['decided']} frames of {escape(line['video'])} decided, "
+                      f"{line['rejects']} rejected, {line['dropped']} dropped; accuracy on centred cones "
+                      f"{line['accuracy_clean']} before the {line['drift']} drift, {line['accuracy_drift']} after",
+                      highlight=False)
     uri = f"sqlite:///{result.workdir / 'mlflow.db'}"
     console.print(f"ran {len(result.ran)} step(s), reused {len(result.cached)}; everything is under {result.workdir}\n"
                   f"  runs:    mlflow ui --backend-store-uri {uri}   (parent run {result.parent_run_id})\n"
                   f"  report:  {result.outputs.get('evaluate', '-')}/report.html\n"
-                  f"  release: {result.outputs.get('release', '-')}  (bundle.tar.gz, release.json, report.md)",
+                  f"  release: {result.outputs.get('release', '-')}  (bundle.tar.gz, release.json, report.md)"
+                  + (f"\n  line:    {line['store']}  (the edge store of the simulated line)\n"
+                     f"  monitor: {line['monitoring_report']}\n"
+                     f"  dashboard: lineguard serve --config {line['station']}   -> http://127.0.0.1:8080/"
+                     if line else ""),
                   highlight=False, soft_wrap=True)  # whole lines: the command and paths are copied from here
 
 

@@ -325,7 +325,6 @@ def test_a_hostile_recipe_name_renders_as_text(open_page: Any, served: Served) -
 def test_lineguard_serve_over_a_folder_with_a_hostile_file_name(browser: Any, tmp_path: Path) -> None:
     """The page over the real `lineguard serve` (store, runtime, folder source): a file named like markup shows
     as text in the frame's detail, nothing runs, and a feedback tap lands in the real store."""
-    pytest.importorskip("lineguard.edge.station", reason="the runtime branch (edge/station.py) is not merged yet")
     import io
     import json
 

@@ -19,16 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.unit._edge_bundles import make_toy_bundle, rewrite_meta
 from tests.unit.test_edge_api import HOSTILE, png
-
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("uvicorn")
-# The station (store, outbox, sinks, runtime) comes from the other issue-12 branches; until they are on main the
-# API is tested over an in-test station (test_api_server.py), and this module says so instead of failing to import.
-pytest.importorskip("lineguard.edge.station", reason="the runtime branch (edge/station.py) is not merged yet")
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TOKEN = "integration-token-" + "x" * 24

@@ -200,8 +200,9 @@ def simulated_line(config: LineguardConfig, result: PipelineResult, say: Callabl
 
     The same path a station takes (:func:`lineguard.edge.station.open_station`: source, loop,
     store, outbox, a JSON-lines sink); the video and its truth are rebuilt only when missing.
-    Returns what the demo prints: the store, the frames decided, and the accuracy on the frames
-    where a cone is centred, before and after the drift begins.
+    Returns what the demo prints: the store, the frames decided, the accuracy on the frames
+    where a cone is centred before and after the drift begins, and the monitoring report
+    (``lineguard monitor report``) written from that store.
     """
     import csv
 
@@ -221,10 +222,12 @@ def simulated_line(config: LineguardConfig, result: PipelineResult, say: Callabl
     store_path = line / "edge.db"
     for stale in line.glob("edge.db*"):  # one run of the line per demo: the store holds this run only
         stale.unlink()
-    station = open_station(load_station_config(None, {
-        "station": "demo-line", "source": str(video), "store.path": str(store_path),
-        "sinks": [{"kind": "jsonl", "path": str(line / "decisions.jsonl")}],
-    }), bundle)
+    station_yaml = line / "station.yaml"  # what `lineguard serve --config` opens to show this store on the dashboard
+    station_yaml.write_text(f"station: demo-line\nbundle: {json.dumps(str(bundle))}\n"
+                            f"store:\n  path: {json.dumps(str(store_path))}\n")
+    station = open_station(load_station_config(station_yaml, {
+        "source": str(video), "sinks": [{"kind": "jsonl", "path": str(line / "decisions.jsonl")}],
+    }))
     summary = station.run()  # to the end of the video; closes the station (outbox drained, store closed)
 
     truth = {int(r["frame"]): r for r in csv.DictReader(truth_csv.open(newline=""))}
@@ -239,9 +242,14 @@ def simulated_line(config: LineguardConfig, result: PipelineResult, say: Callabl
                     continue
                 bad = t["label"] != "good"
                 hits["drift" if t["drift"] else "clean"].append(int(bad == (row["decision"] == "reject")))
-    out = {"store": str(store_path), "video": str(video), "frames": summary.frames, "decided": summary.decided,
+    out = {"store": str(store_path), "station": str(station_yaml), "video": str(video), "frames": summary.frames, "decided": summary.decided,
            "rejects": summary.rejects, "dropped": summary.dropped, "drift": LINE_DRIFT,
            **{f"accuracy_{k}": round(sum(v) / len(v), 3) if v else None for k, v in hits.items()}}
+    from lineguard.edge.bundle import load_bundle
+    from lineguard.monitor.report import write_report
+
+    out["monitoring_report"] = str(write_report(store_path, line / "monitoring-report.html",
+                                                bundle=load_bundle(bundle)))
     say(f"simulated line: {out['decided']} frames decided into {store_path}")
     return out
 
