@@ -289,6 +289,12 @@ class TrainConfig(_Section):
     distill_weight: float = Field(0.5, ge=0.0, le=1.0)
     max_minutes: float | None = Field(None, gt=0.0, description="stop after this much wall time")
 
+    @field_validator("search", mode="before")
+    @classmethod
+    def _search_switch(cls, v: Any) -> Any:
+        """YAML reads a bare ``off`` as false (and ``on`` as true): take them as the words they were."""
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+
 
 class TuneConfig(_Section):
     """Hyperparameter search (Optuna TPE + median pruning). The search space lists the choices.

@@ -412,7 +412,10 @@ def derive_candidates(profile: DatasetProfile, config: LineguardConfig, limit: i
             factor, why = 1.5, f"the images have {short} px on the short side: more of their resolution"
         else:
             factor, why = 0.75, "the input already holds every pixel: a smaller input trains more epochs"
-        size = (_round_to(h * factor, 32, 64, MAX_SEARCH_SIDE), _round_to(w * factor, 32, 64, 3 * MAX_SEARCH_SIDE))
+        side = _round_to(min(h, w) * factor, 32, 64, MAX_SEARCH_SIDE)  # the short side; the aspect ratio is kept
+        scale = side / min(h, w)
+        size = (side, _round_to(w * scale, 32, side, 3 * MAX_SEARCH_SIDE)) if h <= w else \
+            (_round_to(h * scale, 32, side, 3 * MAX_SEARCH_SIDE), side)
         if size != (h, w):
             out.append(Candidate("larger-input" if factor > 1 else "smaller-input",
                                  with_changes(base, {"preprocess.size": size}), {"preprocess.size": size}, why))

@@ -494,6 +494,7 @@ def train(
     console = console or Console()
     t_start = clock()
     requested = config
+    _check_weights_file(config)
     init = _resolve_init(config, config.train.init_from) if config.train.init_from else None
     recipe = None
     if init is not None:
@@ -538,6 +539,21 @@ def train(
         result.run_id = run.run_id
     console.print(f"run [bold]{result.run_id}[/] recorded in {config.tracking_uri()}")
     return result
+
+
+def _check_weights_file(config: LineguardConfig) -> None:
+    """A ``train.weights`` file must exist and come with the architecture it holds (``train.model`` set)."""
+    from lineguard import storage
+
+    tc = config.train
+    if tc.weights is None:
+        return
+    if not storage.exists(tc.weights):
+        raise TrainError(f"train.weights file '{tc.weights}' does not exist (expected a .safetensors or .pth state "
+                         f"dict, e.g. torchvision's ImageNet weights saved as a file)")
+    if "model" not in tc.model_fields_set:
+        raise TrainError(f"train.weights '{tc.weights}' is given but train.model is not set: set it to the file's "
+                         f"architecture, e.g. --set train.model=resnet18 (or mobilenetv3_small)")
 
 
 def _budget_of(tc: Any) -> float | None:
