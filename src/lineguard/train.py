@@ -522,6 +522,8 @@ def train(
             assert budget_s is not None
             cfg, search = search_recipes(candidates, decoded, budget_s, device=device, console=console,
                                          clock=clock, parent=run)
+            kept = preprocess_params(cfg)
+            decoded.items = [d for d in decoded.items if d.params == kept]  # free the losers' decoded images
         elif search_note:
             console.print(f"[yellow]{search_note}[/]", highlight=False)
             search = {"note": search_note, "candidates": [], "chosen": "derived"}
@@ -731,9 +733,9 @@ def search_recipes(
             continue
         console.print(f"  {cand.describe()}: val bal.acc {record['val_balanced_accuracy']:.4f} after "
                       f"{record['epochs']} epochs ({record['seconds']:.0f} s)", highlight=False)
-    trained = [(r, c) for r, c in zip(records, candidates, strict=True) if r["status"] == "trained"]
-    best_record, best = max(trained, key=lambda rc: (rc[0]["val_balanced_accuracy"], -rc[0]["val_loss"],
-                                                      -candidates.index(rc[1])))
+    trained = [(-i, r, c) for i, (r, c) in enumerate(zip(records, candidates, strict=True))
+               if r["status"] == "trained"]
+    _, best_record, best = max(trained, key=lambda t: (t[1]["val_balanced_accuracy"], -t[1]["val_loss"], t[0]))
     console.print(f"search: chose [bold]{best.describe()}[/] ({best_record['val_balanced_accuracy']:.4f}: "
                   f"{best.reason})", highlight=False)
     return best.config, {"note": "", "per_candidate_s": per_s, "candidates": records, "chosen": best.name}
