@@ -75,8 +75,10 @@ def _lineguard(dataset: Any, work: Path, budget_s: float, tag: str, overrides: l
     export(result.run_id, str(dataset.root), out, cfg)
     labels, rejected, latency = _score_bundle(out, dataset)
     pp = result.config.preprocess
-    what = (f"{result.config.train.model} {pp.color} {pp.size[0]}x{pp.size[1]}"
+    what = (f"{result.config.train.model} x{result.config.train.width:g} {pp.color} {pp.size[0]}x{pp.size[1]}"
             + (f", tiles {pp.tile[0]}x{pp.tile[1]}" if pp.tile else ""))
+    if result.search and result.search["candidates"]:  # the candidate search ran (train.search)
+        what += f", search chose {result.search['chosen']} of {len(result.search['candidates'])}"
     return {"wall_s": wall, "epochs": len(result.history), "latency_ms": latency, "what": what,
             "collapsed": bool(result.warnings), **_figures(labels, rejected)}
 

@@ -322,6 +322,9 @@ def train_cmd(
         "--init-from", help="Fine-tune from a run id, models:/NAME@ALIAS, an alias (champion) or a weights file.")] = None,
     teacher: Annotated[str | None, typer.Option(
         "--teacher", help="Distil from this run id / models:/NAME@ALIAS (knowledge distillation).")] = None,
+    weights: Annotated[str | None, typer.Option(
+        "--weights", help="Start from an ImageNet state-dict file (.pth or .safetensors, torchvision key names) "
+        "of the architecture set with --set train.model=NAME.")] = None,
     rehearsal_data: Annotated[str | None, typer.Option(
         "--rehearsal-data", help="Old dataset to mix in when onboarding a recipe (default: the init run's).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto (CUDA if present), cpu, cuda or cuda:N.")] = None,
@@ -336,7 +339,8 @@ def train_cmd(
     from lineguard.manifest import load_dataset
     from lineguard.train import train
 
-    extra = [f"train.{k}={v}" for k, v in (("init_from", init_from), ("teacher", teacher), ("device", device)) if v]
+    extra = [f"train.{k}={v}" for k, v in (("init_from", init_from), ("teacher", teacher), ("weights", weights),
+                                            ("device", device)) if v]
     extra += [f"tracking.uri={tracking_uri}"] if tracking_uri else []
     cfg = resolve_config(config, [*(set_ or []), *extra])
     result = train(cfg, load_dataset(data), rehearsal_data=load_dataset(rehearsal_data) if rehearsal_data else None,

@@ -244,7 +244,8 @@ class TrainConfig(_Section):
     ``recipe: auto`` (the default) profiles the dataset before training and derives the input
     size, colour, tiles, augmentation family, architecture, width, batch size and learning rate
     from it, printing and recording the reason for each; any key the config sets explicitly
-    wins. ``recipe: manual`` uses the values below as they are.
+    wins. ``recipe: manual`` uses the values below as they are. With ``search: auto`` and a
+    budget, two or three candidate recipes are tried briefly and the best is continued.
     """
 
     recipe: Literal["auto", "manual"] = Field("auto", description="auto: derive the recipe from the data profile")
@@ -254,6 +255,11 @@ class TrainConfig(_Section):
     budget_s: float | None = Field(240.0, gt=0.0, description="wall-time budget of the run in seconds (decoding "
                                    "included): the epoch count and the cosine schedule are fitted to it from the "
                                    "measured throughput; an explicit train.epochs wins; None = train.epochs")
+    search: Literal["auto", "off"] = Field("auto", description="auto: with recipe auto and a budget, train 2-3 "
+                                           "candidate recipes from the profile briefly and continue the best on "
+                                           "validation (docs/training.md); off: the derived recipe only")
+    search_share: float = Field(0.25, gt=0.0, lt=1.0, description="share of train.budget_s the candidates get "
+                                "together (split evenly); the winner trains for the rest")
     epochs: int = Field(25, ge=1, description="epochs when there is no budget (or when set explicitly)")
     max_epochs: int = Field(150, ge=1, description="most epochs a budget may plan")
     batch_size: int = Field(64, ge=1)
@@ -282,6 +288,12 @@ class TrainConfig(_Section):
     distill_temperature: float = Field(4.0, gt=0.0)
     distill_weight: float = Field(0.5, ge=0.0, le=1.0)
     max_minutes: float | None = Field(None, gt=0.0, description="stop after this much wall time")
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _search_switch(cls, v: Any) -> Any:
+        """YAML reads a bare ``off`` as false (and ``on`` as true): take them as the words they were."""
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
 
 
 class TuneConfig(_Section):

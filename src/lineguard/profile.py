@@ -187,9 +187,29 @@ def _round_to(value: float, step: int, low: int, high: int) -> int:
     return int(min(high, max(low, step * round(value / step))))
 
 
-def derive_recipe(profile: DatasetProfile, config: LineguardConfig) -> tuple[LineguardConfig, Recipe]:
+def _auto_tiled(profile: DatasetProfile) -> bool:
+    """Tiles when the images are long strips (aspect >= 3:1) or large (short side >= 4 tiles)."""
+    short = min(profile.median_width, profile.median_height)
+    ratio = max(profile.median_width, profile.median_height) / max(1, short)
+    return ratio >= 3.0 or short >= 4 * TILE_SIDE
+
+
+def _borderline_tiled(profile: DatasetProfile) -> bool:
+    """The tiles-or-whole-image rule is a close call: the aspect or the short side within 1.5x of its threshold."""
+    short = min(profile.median_width, profile.median_height)
+    ratio = max(profile.median_width, profile.median_height) / max(1, short)
+    return 2.0 <= ratio < 4.5 or 4 * TILE_SIDE / 1.5 <= short < 4 * TILE_SIDE * 1.5
+
+
+def derive_recipe(
+    profile: DatasetProfile, config: LineguardConfig, *, tiled: bool | None = None
+) -> tuple[LineguardConfig, Recipe]:
     """The config with every derived setting applied that the config does not set explicitly, and the
-    recipe (profile, choices and reasons) to print and record."""
+    recipe (profile, choices and reasons) to print and record.
+
+    ``tiled`` forces the tiles-or-whole-image decision (a search candidate on a borderline profile);
+    None applies the rule.
+    """
     recipe = Recipe(profile)
     pp_set, tr_set, aug_set = (config.preprocess.model_fields_set, config.train.model_fields_set,
                                config.augment.model_fields_set)
@@ -216,7 +236,9 @@ def derive_recipe(profile: DatasetProfile, config: LineguardConfig) -> tuple[Lin
     short = min(profile.median_width, profile.median_height)
     long_ = max(profile.median_width, profile.median_height)
     ratio = long_ / max(1, short)
-    tiled = ratio >= 3.0 or short >= 4 * TILE_SIDE
+    forced = tiled is not None and tiled != _auto_tiled(profile)
+    tiled = _auto_tiled(profile) if tiled is None else tiled
+    note = "search candidate, the profile is borderline: " if forced else ""
     if tiled:
         side = min(TILE_SIDE, _round_to(short, 16, 32, TILE_SIDE))
         if ratio >= 3.0:
@@ -232,7 +254,7 @@ def derive_recipe(profile: DatasetProfile, config: LineguardConfig) -> tuple[Lin
                    f"them {short / (per_side * side):.1f}x less than tiles do, so the model scores "
                    f"{per_side * per_side} tiles of {side} px and pools them")
         size = (grid[0] * side, grid[1] * side)
-        choose(pp, pp_set, "preprocess", "tile", (side, side), why)
+        choose(pp, pp_set, "preprocess", "tile", (side, side), note + why)
         choose(pp, pp_set, "preprocess", "size", size, f"{grid[0]}x{grid[1]} tiles of {side} px")
         choose(pp, pp_set, "preprocess", "resize", "stretch" if profile.aspect_spread <= 1.05 else "letterbox",
                "every image has the same aspect ratio: fill the tiles exactly" if profile.aspect_spread <= 1.05
@@ -246,8 +268,10 @@ def derive_recipe(profile: DatasetProfile, config: LineguardConfig) -> tuple[Lin
             size = (side, _round_to(side * ratio, 32, side, 3 * side))
         else:
             size = (_round_to(side * ratio, 32, side, 3 * side), side)
+        if forced:
+            choose(pp, pp_set, "preprocess", "tile", None, note + "the whole image, resized")
         choose(pp, pp_set, "preprocess", "size", size,
-               f"median image {profile.median_width}x{profile.median_height}: {size[0]}x{size[1]} keeps "
+               f"{note}median image {profile.median_width}x{profile.median_height}: {size[0]}x{size[1]} keeps "
                f"{'every pixel' if short <= side else f'{side / short:.0%} of the resolution'} within the "
                f"{limit} px budget of a {'grey' if profile.grey else 'colour'} model")
         choose(pp, pp_set, "preprocess", "resize", "letterbox",
@@ -299,3 +323,100 @@ def derive_recipe(profile: DatasetProfile, config: LineguardConfig) -> tuple[Lin
         "augment": config.augment.model_copy(update=aug),
     })
     return updated, recipe
+
+
+# --- candidates for the search within the budget -------------------------------------------------
+
+WIDER = 1.5  # width factor of the "wider" candidate
+MAX_SEARCH_SIDE = 224  # largest whole-image side a candidate tries
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One recipe the search trains briefly: its full config, what differs from the derived recipe, and why."""
+
+    name: str
+    config: LineguardConfig
+    changes: dict[str, Any]
+    reason: str
+
+    def describe(self) -> str:
+        """``wider (train.width=1.5)``: the name and its changes."""
+        if not self.changes:
+            return self.name
+        return f"{self.name} ({', '.join(f'{k}={_plain(v)}' for k, v in self.changes.items())})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "changes": {k: _plain(v) for k, v in self.changes.items()}, "reason": self.reason}
+
+
+def explicit_keys(config: LineguardConfig) -> set[str]:
+    """The dotted keys of the preprocess, augment and train sections that the config sets explicitly."""
+    return ({f"preprocess.{k}" for k in config.preprocess.model_fields_set}
+            | {f"augment.{k}" for k in config.augment.model_fields_set}
+            | {f"train.{k}" for k in config.train.model_fields_set})
+
+
+def _value(config: LineguardConfig, dotted: str) -> Any:
+    section, key = dotted.split(".", 1)
+    return getattr(getattr(config, section), key)
+
+
+def with_changes(config: LineguardConfig, changes: dict[str, Any]) -> LineguardConfig:
+    """``config`` with dotted ``section.key`` values replaced (preprocess, augment, train)."""
+    updates: dict[str, dict[str, Any]] = {}
+    for dotted, value in changes.items():
+        section, key = dotted.split(".", 1)
+        updates.setdefault(section, {})[key] = value
+    return config.model_copy(update={s: getattr(config, s).model_copy(update=u) for s, u in updates.items()})
+
+
+def _diff(base: LineguardConfig, other: LineguardConfig, keys: list[str]) -> dict[str, Any]:
+    return {k: _value(other, k) for k in keys if _value(other, k) != _value(base, k)}
+
+
+def derive_candidates(profile: DatasetProfile, config: LineguardConfig, limit: int = 3) -> list[Candidate]:
+    """Up to ``limit`` recipes for the search, the derived one first.
+
+    The others each change one thing the profile leaves open: a wider model (50 % more channels);
+    tiles instead of the whole image, or the reverse, when the profile is borderline for that rule;
+    otherwise a larger input when the images have the pixels for it (a smaller one when they do
+    not: faster epochs, more of them). A candidate never changes a key the config sets explicitly,
+    so an explicit config leaves fewer (or no) alternatives.
+    """
+    base, recipe = derive_recipe(profile, config)
+    fixed = explicit_keys(config)
+    out = [Candidate("derived", base, {}, "the recipe derived from the profile")]
+
+    width = min(2.0, round(base.train.width * WIDER, 3))
+    if "train.width" not in fixed and width > base.train.width:
+        wide = with_changes(base, {"train.width": width})
+        out.append(Candidate("wider", wide, {"train.width": width},
+                             f"{width / base.train.width:.1f}x the channels per layer: more capacity, if the "
+                             f"budget can feed it"))
+
+    tiled = base.preprocess.tile is not None
+    shape_keys = {"preprocess.tile", "preprocess.size", "preprocess.resize"}
+    if _borderline_tiled(profile) and not shape_keys & fixed:
+        alt, alt_recipe = derive_recipe(profile, config, tiled=not tiled)
+        keys = [c.key for c in alt_recipe.choices] + [c.key for c in recipe.choices]
+        changes = _diff(base, alt, list(dict.fromkeys(keys)))
+        if changes:
+            out.append(Candidate("whole-image" if tiled else "tiles", alt, changes,
+                                 "the profile is borderline for the tiles rule: try "
+                                 + ("the whole image resized" if tiled else "tiles pooled into one decision")))
+    elif not tiled and "preprocess.size" not in fixed:
+        h, w = base.preprocess.size
+        short = min(profile.median_width, profile.median_height)
+        if short > 1.25 * min(h, w):
+            factor, why = 1.5, f"the images have {short} px on the short side: more of their resolution"
+        else:
+            factor, why = 0.75, "the input already holds every pixel: a smaller input trains more epochs"
+        side = _round_to(min(h, w) * factor, 32, 64, MAX_SEARCH_SIDE)  # the short side; the aspect ratio is kept
+        scale = side / min(h, w)
+        size = (side, _round_to(w * scale, 32, side, 3 * MAX_SEARCH_SIDE)) if h <= w else \
+            (_round_to(h * scale, 32, side, 3 * MAX_SEARCH_SIDE), side)
+        if size != (h, w):
+            out.append(Candidate("larger-input" if factor > 1 else "smaller-input",
+                                 with_changes(base, {"preprocess.size": size}), {"preprocess.size": size}, why))
+    return out[:limit]

@@ -40,12 +40,21 @@ if TYPE_CHECKING:
     from lineguard.config import LineguardConfig
     from lineguard.manifest import Dataset
     from lineguard.preprocess import PreprocessParams
-    from lineguard.profile import Recipe
+    from lineguard.profile import Candidate, Recipe
     from lineguard.tracking import Run
 
 
 class TrainError(LineguardError):
     """Training cannot start or cannot go on (bad data, bad reference, incompatible models)."""
+
+
+class BudgetTooSmall(TrainError):
+    """``train.budget_s`` cannot fit what has to run: the decoding, the first epoch, or (for a search
+    candidate) the few epochs a fair comparison needs. ``epoch_s`` is the measured epoch (0 before one ran)."""
+
+    def __init__(self, message: str, epoch_s: float = 0.0, elapsed_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.epoch_s, self.elapsed_s = epoch_s, elapsed_s
 
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -71,6 +80,7 @@ class TrainResult:
     dataset_version: str
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    search: dict[str, Any] | None = None  # the candidate search (train.search), as recorded in recipe.json
 
     @property
     def model_meta(self) -> dict[str, Any]:
@@ -464,6 +474,7 @@ def train(
     progress: bool = True,
     console: Console | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> TrainResult:
     """Train ``config.train.model`` on ``dataset`` and (when ``track``) record it as an MLflow run.
 
@@ -471,29 +482,129 @@ def train(
     ``on_epoch(epoch, metrics)`` is called after every epoch, before the early-stop check;
     an exception it raises (e.g. Optuna's ``TrialPruned``) stops training and propagates.
     ``rehearsal_data`` is the old dataset to mix in when onboarding a recipe (default: the
-    dataset recorded by the ``init_from`` run). The returned model holds the best weights.
+    dataset recorded by the ``init_from`` run). With ``train.recipe: auto``, ``train.search:
+    auto`` and a budget, candidate recipes are tried first (:func:`search_recipes`; each a child
+    run) and the best is trained for the rest of the budget. ``clock`` measures the budget
+    (a fake one in tests). The returned model holds the best weights.
     """
     from rich.console import Console
 
     from lineguard import models
 
     console = console or Console()
-    t_start = time.perf_counter()
+    t_start = clock()
+    requested = config
+    _check_weights_file(config)
     init = _resolve_init(config, config.train.init_from) if config.train.init_from else None
     recipe = None
     if init is not None:
         config = _with_init_architecture(config, init)
     elif config.train.recipe == "auto":
         config, recipe = auto_recipe(config, dataset, console)
+    candidates, search_note = _search_candidates(requested, recipe, dataset, init)
     tc = config.train
-    if tc.model not in models.MODELS:
-        raise TrainError(f"unknown model '{tc.model}' (train.model); valid models: {', '.join(models.MODELS)}")
+    for name in {tc.model, *(c.config.train.model for c in candidates)}:
+        if name not in models.MODELS:
+            raise TrainError(f"unknown model '{name}' (train.model); valid models: {', '.join(models.MODELS)}")
     seed_everything(tc.seed, tc.threads, tc.deterministic)
     device = resolve_device(tc.device)
-    params = preprocess_params(config)
+    decoded = _Decoded(dataset, progress, data)
+    data = decoded.get(preprocess_params(config))
+    budget_s, decode_s = _budget_of(tc), clock() - t_start
+    if budget_s is not None and decode_s > budget_s:
+        raise BudgetTooSmall(f"train.budget_s={budget_s:g} s is too small to train anything: profiling and decoding "
+                             f"the images alone took {decode_s:.2f} s; give it several times that, or set "
+                             f"train.epochs", 0.0, decode_s)
 
-    if data is None or data.params != params or data.dataset_version != dataset.version:
-        data = prepare_data(dataset, params, progress=progress)
+    def body(run: Run | None) -> TrainResult:
+        cfg, search = config, None
+        if candidates:
+            assert budget_s is not None
+            cfg, search = search_recipes(candidates, decoded, budget_s, device=device, console=console,
+                                         clock=clock, parent=run)
+            kept = preprocess_params(cfg)
+            decoded.items = [d for d in decoded.items if d.params == kept]  # free the losers' decoded images
+        elif search_note:
+            console.print(f"[yellow]{search_note}[/]", highlight=False)
+            search = {"note": search_note, "candidates": [], "chosen": "derived"}
+        return _train_one(cfg, dataset, decoded, init, recipe, search, rehearsal_data, device=device, run=run,
+                          console=console, progress=progress, t_start=t_start, on_epoch=on_epoch, clock=clock)
+
+    if not track:
+        return body(None)
+    from lineguard import tracking
+
+    run_tags = {"lineguard.kind": "train", "init_from": tc.init_from or "", "teacher": tc.teacher or "",
+                "init_run_id": init.run_id if init and init.run_id else "", **(tags or {})}
+    with tracking.start_run(config, name=run_name, tags=run_tags, parent_run_id=parent_run_id) as run:
+        result = body(run)
+        result.run_id = run.run_id
+    console.print(f"run [bold]{result.run_id}[/] recorded in {config.tracking_uri()}")
+    return result
+
+
+def _check_weights_file(config: LineguardConfig) -> None:
+    """A ``train.weights`` file must exist and come with the architecture it holds (``train.model`` set)."""
+    from lineguard import storage
+
+    tc = config.train
+    if tc.weights is None:
+        return
+    if not storage.exists(tc.weights):
+        raise TrainError(f"train.weights file '{tc.weights}' does not exist (expected a .safetensors or .pth state "
+                         f"dict, e.g. torchvision's ImageNet weights saved as a file)")
+    if "model" not in tc.model_fields_set:
+        raise TrainError(f"train.weights '{tc.weights}' is given but train.model is not set: set it to the file's "
+                         f"architecture, e.g. --set train.model=resnet18 (or mobilenetv3_small)")
+
+
+def _budget_of(tc: Any) -> float | None:
+    """The budget that sets the schedule: ``train.budget_s``, unless ``train.epochs`` is set explicitly."""
+    return float(tc.budget_s) if tc.budget_s is not None and "epochs" not in tc.model_fields_set else None
+
+
+class _Decoded:
+    """Decoded splits per preprocessing (search candidates at another input size decode once each)."""
+
+    def __init__(self, dataset: Dataset, progress: bool, data: PreparedData | None = None) -> None:
+        self.dataset, self.progress = dataset, progress
+        self.items = [data] if data is not None and data.dataset_version == dataset.version else []
+
+    def get(self, params: PreprocessParams) -> PreparedData:
+        for item in self.items:
+            if item.params == params:
+                return item
+        item = prepare_data(self.dataset, params, progress=self.progress)
+        self.items.append(item)
+        return item
+
+
+def _build_model(config: LineguardConfig, params: PreprocessParams, classes: Sequence[str],
+                 train_split: SplitTensors, init: _Init | None) -> torch.nn.Module:
+    """The untrained model of ``config``: architecture, weights file, channels, tiles, recipe head."""
+    from lineguard import models
+
+    tc = config.train
+    model = models.create_model(tc.model, num_classes=len(classes), width=tc.width, weights=tc.weights,
+                                in_chans=params.channels)
+    if params.tiles is not None:
+        models.set_tiling(model, params.tiles)
+    recipes = _head_recipes(config, init, train_split, classes)
+    if recipes:
+        models.set_grouped_head(model, recipes)
+    return model
+
+
+def _train_one(
+    config: LineguardConfig, dataset: Dataset, decoded: _Decoded, init: _Init | None, recipe: Recipe | None,
+    search: dict[str, Any] | None, rehearsal_data: Dataset | None, *, device: torch.device, run: Run | None,
+    console: Console, progress: bool, t_start: float, on_epoch: Callable[[int, dict[str, float]], None] | None,
+    clock: Callable[[], float],
+) -> TrainResult:
+    """Train ``config`` (the derived recipe, or the search's winner) for what is left of the budget; log it."""
+    tc = config.train
+    params = preprocess_params(config)
+    data = decoded.get(params)
     classes = data.classes
     train_split = data.splits["train"]
     rehearsal, rehearsal_ds = _rehearsal_split(config, init, rehearsal_data, dataset, params, classes, console)
@@ -504,13 +615,8 @@ def train(
     train_split = _concat(train_split, rehearsal)
     val_split, test_split = data.splits["val"], data.splits["test"]
 
-    model = models.create_model(tc.model, num_classes=len(classes), width=tc.width, weights=tc.weights,
-                                in_chans=params.channels)
-    if params.tiles is not None:
-        models.set_tiling(model, params.tiles)
-    recipes = _head_recipes(config, init, train_split, classes)
-    if recipes:
-        models.set_grouped_head(model, recipes)
+    seed_everything(tc.seed, tc.threads, tc.deterministic)  # the same start as a run of this config alone
+    model = _build_model(config, params, classes, train_split, init)
     fine_tuning = init is not None or tc.weights is not None
     if init is not None:
         skipped = _load_init_weights(config, model, init)
@@ -518,38 +624,161 @@ def train(
             console.print(f"init_from: head re-initialised ({len(classes)} classes): {', '.join(skipped)}")
     teacher, teacher_params = _load_teacher(config, classes, device) if tc.teacher else (None, None)
     model.to(device)
-
-    run_tags = {
-        "lineguard.kind": "train", "model": tc.model, "init_from": tc.init_from or "", "teacher": tc.teacher or "",
-        "init_run_id": init.run_id if init and init.run_id else "", "rehearsal_dataset": rehearsal_ds.version if rehearsal_ds else "",
-        "rehearsal_dataset_url": str(rehearsal_ds.root) if rehearsal_ds else "",
-        **(tags or {}),
-    }
     loop = functools.partial(fit, config=config, model=model, data=data, train_split=train_split, device=device,
                              teacher=teacher, teacher_params=teacher_params, fine_tuning=fine_tuning,
-                             console=console, progress=progress, t_start=t_start, on_epoch=on_epoch)
-    if not track:
-        return loop()
+                             console=console, progress=progress, t_start=t_start, on_epoch=on_epoch, clock=clock)
+    if run is None:
+        result = loop()
+        result.search = search
+        return result
     from lineguard import tracking
 
-    with tracking.start_run(config, name=run_name, tags=run_tags, parent_run_id=parent_run_id) as run:
-        run.log_config(config)
-        run.log_params({"dataset_version": dataset.version, "num_classes": len(classes),
-                        "train_images": len(train_split), "val_images": len(val_split),
-                        "test_images": len(test_split), "device": str(device)})
-        run.log_dataset(dataset)
-        run.log_environment()
-        if recipe is not None:
-            run.log_dict(recipe.to_dict(), "recipe.json")
-            run.log_params({f"auto.{c.key}": str(c.value) for c in recipe.choices if not c.overridden})
-        result = loop(run=run)
-        if result.config is not config:  # the budget planned the schedule: what reproduce re-runs
-            run.log_text(result.config.to_yaml(), tracking.CONFIG_ARTIFACT)
-            run.log_params({"planned_epochs": result.config.train.epochs})
-        _log_outcome(run, result, val_split, model, params, device)
-        result.run_id = run.run_id
-    console.print(f"run [bold]{result.run_id}[/] recorded in {config.tracking_uri()}")
+    run.set_tags({"model": tc.model, "rehearsal_dataset": rehearsal_ds.version if rehearsal_ds else "",
+                  "rehearsal_dataset_url": str(rehearsal_ds.root) if rehearsal_ds else ""})
+    run.log_config(config)
+    run.log_params({"dataset_version": dataset.version, "num_classes": len(classes),
+                    "train_images": len(train_split), "val_images": len(val_split),
+                    "test_images": len(test_split), "device": str(device)})
+    run.log_dataset(dataset)
+    run.log_environment()
+    if recipe is not None:
+        run.log_dict(recipe.to_dict() | ({"search": search} if search is not None else {}), "recipe.json")
+        run.log_params({f"auto.{c.key}": str(c.value) for c in recipe.choices if not c.overridden})
+    if search is not None:
+        run.log_params({"search.chosen": search["chosen"], "search.candidates": len(search["candidates"])})
+        if search.get("note"):
+            run.set_tags({"lineguard.search_note": search["note"]})
+        run.log_metrics({f"search_{c['name']}_val_balanced_accuracy": c["val_balanced_accuracy"]
+                         for c in search["candidates"] if c.get("val_balanced_accuracy") is not None})
+    result = loop(run=run)
+    result.search = search
+    if result.config is not config:  # the budget planned the schedule: what reproduce re-runs
+        run.log_text(result.config.to_yaml(), tracking.CONFIG_ARTIFACT)
+        run.log_params({"planned_epochs": result.config.train.epochs})
+    _log_outcome(run, result, val_split, model, params, device)
     return result
+
+
+# --- the candidate search within the budget -------------------------------------------------------
+
+SEARCH_MIN_VAL = 40  # validation images below which a search cannot tell recipes apart (one image = 2.5 points)
+SEARCH_MIN_EPOCHS = 4  # epochs each candidate must afford within its share for the comparison to mean anything
+
+
+def _search_candidates(requested: LineguardConfig, recipe: Recipe | None, dataset: Dataset,
+                       init: _Init | None) -> tuple[list[Candidate], str | None]:
+    """The candidates to search, or none and (when the data is the reason) a note saying why not.
+
+    No search without ``recipe: auto``, with ``search: off``, without a budget (an explicit
+    ``train.epochs`` wins), or when a weights file, an init run or a teacher fixes the model.
+    """
+    from lineguard.profile import derive_candidates
+
+    tc = requested.train
+    if recipe is None or init is not None or tc.search == "off" or _budget_of(tc) is None or tc.weights \
+            or tc.teacher:
+        return [], None
+    n_val = len(dataset.split("val"))
+    if n_val < SEARCH_MIN_VAL:
+        return [], (f"candidate search skipped: {n_val} validation images are too few to tell recipes apart "
+                    f"(at least {SEARCH_MIN_VAL}); the derived recipe is trained on the whole budget")
+    candidates = derive_candidates(recipe.profile, requested)
+    if len(candidates) < 2:
+        return [], ("candidate search skipped: the config sets every key a candidate would change; the derived "
+                    "recipe is trained on the whole budget")
+    return candidates, None
+
+
+def search_recipes(
+    candidates: Sequence[Candidate], decoded: _Decoded, budget_s: float, *, device: torch.device,
+    console: Console, clock: Callable[[], float] = time.perf_counter, parent: Run | None = None,
+) -> tuple[LineguardConfig, dict[str, Any]]:
+    """Train each candidate briefly and return the best one's config and the search record.
+
+    The candidates share ``train.search_share`` of ``budget_s`` evenly; each trains from the same
+    seed with the schedule planned for its share (at least :data:`SEARCH_MIN_EPOCHS` epochs, or it
+    is dropped) and is scored by its best val balanced accuracy (ties: lower val loss, then the
+    earlier candidate). When the derived recipe (the first) cannot afford those epochs the search
+    stops and the derived recipe is returned with a note. With ``parent``, each candidate is a
+    child run holding its config, changes and per-epoch metrics. The winner is trained again from
+    its start by the caller, so the run's recorded config describes the final model completely.
+    """
+    from lineguard.profile import with_changes
+
+    share = candidates[0].config.train.search_share
+    per_s = budget_s * share / len(candidates)
+    console.print(f"[bold]search:[/] {len(candidates)} candidate recipes, {per_s:.0f} s each ({share:.0%} of the "
+                  f"{budget_s:.0f} s budget); the best on validation trains for the rest:", highlight=False)
+    records: list[dict[str, Any]] = []
+    for i, cand in enumerate(candidates):
+        cfg = with_changes(cand.config, {"train.budget_s": per_s})
+        record: dict[str, Any] = cand.to_dict() | {"status": "trained", "val_balanced_accuracy": None,
+                                                     "val_loss": None, "epochs": 0, "seconds": 0.0, "run_id": None}
+        c_start = clock()
+        error = _train_candidate(cfg, cand, decoded, record, device=device, clock=clock, t_start=c_start,
+                                 parent=parent)
+        record["seconds"] = round(clock() - c_start, 3)
+        records.append(record)
+        if error is not None:
+            record["status"] = f"dropped: {error}"
+            if i == 0:
+                note = (f"candidate search skipped: an epoch of the derived recipe takes {error.epoch_s:.1f} s, so "
+                        f"a {per_s:.0f} s share affords fewer than {SEARCH_MIN_EPOCHS} epochs; the derived recipe "
+                        f"is trained on the whole budget")
+                console.print(f"[yellow]{note}[/]", highlight=False)
+                return candidates[0].config, {"note": note, "per_candidate_s": per_s, "candidates": records,
+                                              "chosen": candidates[0].name}
+            console.print(f"  {cand.describe()}: dropped, fewer than {SEARCH_MIN_EPOCHS} epochs fit its share",
+                          highlight=False)
+            continue
+        console.print(f"  {cand.describe()}: val bal.acc {record['val_balanced_accuracy']:.4f} after "
+                      f"{record['epochs']} epochs ({record['seconds']:.0f} s)", highlight=False)
+    trained = [(-i, r, c) for i, (r, c) in enumerate(zip(records, candidates, strict=True))
+               if r["status"] == "trained"]
+    _, best_record, best = max(trained, key=lambda t: (t[1]["val_balanced_accuracy"], -t[1]["val_loss"], t[0]))
+    console.print(f"search: chose [bold]{best.describe()}[/] ({best_record['val_balanced_accuracy']:.4f}: "
+                  f"{best.reason})", highlight=False)
+    return best.config, {"note": "", "per_candidate_s": per_s, "candidates": records, "chosen": best.name}
+
+
+def _train_candidate(cfg: LineguardConfig, cand: Candidate, decoded: _Decoded, record: dict[str, Any], *,
+                     device: torch.device, clock: Callable[[], float], t_start: float,
+                     parent: Run | None) -> BudgetTooSmall | None:
+    """Train one candidate within its share, filling ``record``; the budget error if its share is too small."""
+    import contextlib
+
+    from rich.console import Console
+
+    from lineguard import tracking
+
+    tc = cfg.train
+    params = preprocess_params(cfg)
+    data = decoded.get(params)
+    seed_everything(tc.seed, tc.threads, tc.deterministic)  # every candidate starts from the same seed
+    model = _build_model(cfg, params, data.classes, data.splits["train"], None).to(device)
+    with contextlib.ExitStack() as stack:
+        child = None
+        if parent is not None:
+            child = stack.enter_context(tracking.start_run(
+                cfg, name=f"candidate-{cand.name}", parent_run_id=parent.run_id,
+                tags={"lineguard.kind": "search_candidate", "model": tc.model, "search_candidate": cand.name}))
+            record["run_id"] = child.run_id
+            child.log_config(cfg)
+            child.log_params({f"change.{k}": str(v) for k, v in record["changes"].items()})
+        try:
+            result = fit(config=cfg, model=model, data=data, device=device, run=child, console=Console(quiet=True),
+                         t_start=t_start, clock=clock, min_epochs=SEARCH_MIN_EPOCHS)
+        except BudgetTooSmall as exc:
+            if child is not None:
+                child.set_tags({"lineguard.search_status": "dropped: share too small"})
+            return exc
+        record.update(val_balanced_accuracy=result.val_metrics["balanced_accuracy"],
+                      val_loss=result.val_metrics["loss"], epochs=len(result.history))
+        if child is not None:
+            child.log_metrics({"final_val_balanced_accuracy": record["val_balanced_accuracy"],
+                               "final_val_loss": record["val_loss"]}, step=len(result.history))
+            child.set_tags({"lineguard.search_status": "trained"})
+    return None
 
 
 def auto_recipe(config: LineguardConfig, dataset: Dataset, console: Console) -> tuple[LineguardConfig, Recipe]:
@@ -652,6 +881,21 @@ def _set_backbone_trainable(model: torch.nn.Module, trainable: bool) -> None:
         p.requires_grad_(trainable)
 
 
+def _check_budget(budget_s: float, elapsed_s: float, epoch_s: float, planned: int, min_epochs: int) -> None:
+    """Raise :class:`BudgetTooSmall` when the first epoch overran the budget or the plan is under ``min_epochs``."""
+    if elapsed_s > budget_s:
+        needed = math.ceil(elapsed_s / 0.95) + 1
+        raise BudgetTooSmall(
+            f"train.budget_s={budget_s:g} s is too small to train anything: the first epoch took {epoch_s:.1f} s "
+            f"({elapsed_s:.1f} s with decoding); set train.budget_s to at least {needed} s, or set train.epochs",
+            epoch_s, elapsed_s)
+    if planned < min_epochs:
+        needed = math.ceil((elapsed_s + (min_epochs - 1) * epoch_s) / 0.95) + 1
+        raise BudgetTooSmall(
+            f"train.budget_s={budget_s:g} s affords {planned} epoch(s) of {epoch_s:.1f} s, {min_epochs} are needed "
+            f"(about {needed} s)", epoch_s, elapsed_s)
+
+
 def plan_epochs(budget_s: float, elapsed_s: float, epoch_s: float, max_epochs: int) -> int:
     """Epochs a run can afford: the first one (already run, ``epoch_s`` long) plus as many more as fit in
     what is left of ``budget_s`` after ``elapsed_s``, keeping 5 % of the budget for the final evaluation."""
@@ -676,6 +920,7 @@ def fit(
     t_start: float | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    min_epochs: int = 1,
 ) -> TrainResult:
     """The training loop: train an already built ``model`` on ``data`` under ``config.train`` and return the
     weights of its best validation epoch.
@@ -685,8 +930,10 @@ def fit(
     ``data.splits["train"]`` (rehearsal, repeats). With ``train.budget_s`` (and no explicit
     ``train.epochs``) the first epoch is timed on ``clock`` and the epoch count and cosine schedule
     are planned from it (:func:`plan_epochs`); the run also stops when the budget, counted from
-    ``t_start``, is spent. ``on_epoch(epoch, metrics)`` runs after every epoch; an exception it raises
-    (e.g. Optuna's ``TrialPruned``) stops training and propagates. Logs to ``run`` when given.
+    ``t_start``, is spent. A budget that the first epoch overruns, or that affords fewer than
+    ``min_epochs`` epochs, raises :class:`BudgetTooSmall` with the measured epoch time.
+    ``on_epoch(epoch, metrics)`` runs after every epoch; an exception it raises (e.g. Optuna's
+    ``TrialPruned``) stops training and propagates. Logs to ``run`` when given.
     """
     import torch
     import torch.nn.functional as F
@@ -723,7 +970,7 @@ def fit(
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=tc.weight_decay)
     steps_per_epoch = max(1, math.ceil(_epoch_length(train_split.labels, tc.balance) / tc.batch_size))
-    budget_s = tc.budget_s if tc.budget_s is not None and "epochs" not in tc.model_fields_set else None
+    budget_s = _budget_of(tc)
     planned = tc.max_epochs if budget_s is not None else tc.epochs  # a budget re-plans after the first epoch
     total_steps = steps_per_epoch * planned
     warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
@@ -746,9 +993,9 @@ def fit(
     with bar:
         task = bar.add_task(tc.model, total=planned)
         epoch = 0
+        t_epoch = clock()  # each epoch ends where the previous one did: logging and saving count too
         while epoch < planned:
             epoch += 1
-            t_epoch = clock()
             _set_backbone_trainable(model, epoch > freeze)
             model.train()
             order = _epoch_indices(train_split.labels, tc.balance, gen)
@@ -791,19 +1038,22 @@ def fit(
                 loss_sum += float(loss.detach()) * len(idx)
                 seen += len(idx)
             val = classification_metrics(_predict(judged, val_split, params, device), val_split.labels, num_classes)
+            now = clock()
             row = {"epoch": float(epoch), "train_loss": loss_sum / max(1, seen),
                    "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                    "val_balanced_accuracy": val["balanced_accuracy"], "lr": tc.lr * _lr_factor(step - 1, warmup_steps,
                                                                                                 total_steps),
-                   "epoch_seconds": clock() - t_epoch}
+                   "epoch_seconds": now - t_epoch}
+            t_epoch = now
             history.append(row)
             if budget_s is not None and epoch == 1:
-                planned = plan_epochs(budget_s, clock() - t_start, row["epoch_seconds"], tc.max_epochs)
+                planned = plan_epochs(budget_s, now - t_start, row["epoch_seconds"], tc.max_epochs)
+                _check_budget(budget_s, now - t_start, row["epoch_seconds"], planned, min_epochs)
                 total_steps = steps_per_epoch * planned
                 patience = max(tc.patience, planned // 6)
                 bar.update(task, total=planned)
                 console.print(f"budget {budget_s:.0f} s: {planned} epochs planned ({row['epoch_seconds']:.1f} s per "
-                              f"epoch measured, {clock() - t_start:.0f} s spent so far)", highlight=False)
+                              f"epoch measured, {now - t_start:.0f} s spent so far)", highlight=False)
             if run is not None:
                 run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             if on_epoch is not None:
@@ -822,7 +1072,7 @@ def fit(
             if stale >= patience:
                 console.print(f"early stop: no val balanced-accuracy gain in {patience} epochs")
                 break
-            if deadline is not None and clock() > deadline:
+            if deadline is not None and now > deadline:
                 console.print(f"stopping: the time budget ({deadline - t_start:.0f} s) is spent")
                 break
 
@@ -842,7 +1092,8 @@ def fit(
             f"predicts (almost) only one class. Check the labels and balance, train longer or lower train.lr.[/]")
     if budget_s is not None:
         # The resolved config: the planned schedule, so that reproduce re-runs it without timing anything.
-        config = config.model_copy(update={"train": tc.model_copy(update={"epochs": planned, "budget_s": None})})
+        config = config.model_copy(update={"train": tc.model_copy(update={"epochs": planned, "budget_s": None,
+                                                                          "patience": patience})})
     return TrainResult(
         run_id=None, best_epoch=int(best["epoch"]), val_metrics=val_metrics, test_metrics=test_metrics,
         model=model.cpu(), classes=classes, preprocess=params, history=history, config=config,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,11 @@ from tests.conftest import make_simple_dataset
 
 
 def _lineguard(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "300"}
+    if os.environ.get("PYTHONPATH"):  # the code under test, when it is not the installed one
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run([sys.executable, "-m", "lineguard.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={"PATH": "/usr/bin:/bin", "MLFLOW_DISABLE_TELEMETRY": "true",
-                                            "COLUMNS": "300"})
+                          timeout=300, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +37,9 @@ def ds_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["--data", "{ds}", "--set", "train.epochs=-1"], "train.epochs"),
         (["--data", "{ds}", "--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
         (["--data", "{ds}", "--init-from", "nothing/here.pth"], "does not exist"),
+        (["--data", "{ds}", "--set", "train.budget_s=0"], "'train.budget_s' input should be greater than 0"),
+        (["--data", "{ds}", "--set", "train.budget_s=0.000001"], "train.budget_s=1e-06 s is too small to train"),
+        (["--data", "{ds}", "--weights", "nothing/here.pth"], "does not exist"),
     ],
 )
 def test_train_bad_input_is_one_clear_error(tmp_path: Path, ds_path: Path, args: list[str], message: str) -> None:
