@@ -42,11 +42,12 @@ __all__ = ["QUICK_OVERRIDES", "STEPS", "TOY_PRESETS", "PipelineError", "Pipeline
            "demo_config", "resolve", "run", "simulated_line"]
 
 # Applied on the toy cones to every key the config leaves unset, so the demo keeps to its 5-minute budget:
-# messy raw photos (the point of the demo), a 90 s training budget, no distilled student (a second full
+# messy raw photos (the point of the demo), a 90 s training budget spent on one recipe (a search would give each
+# candidate about 7 s, too short to rank them), no distilled student (a second full
 # training: `lineguard compress` builds it), and the fp32 bundle, with the reason, when nothing fits the budget.
 TOY_PRESETS: dict[str, dict[str, Any]] = {
     "synth": {"messy": True},
-    "train": {"budget_s": 90.0},
+    "train": {"budget_s": 90.0, "search": "off"},
     "compress": {"distill": False, "on_no_fit": "fp32"},
 }
 # `lineguard demo --quick`: a tiny config (2 recipes, 64 px, 8 epochs) that runs in about a minute.
