@@ -1135,7 +1135,8 @@ def _print_where(result: PipelineResult) -> None:
     if line:
         console.print(f"simulated line: {line['decided']} frames of {escape(line['video'])} decided, "
                       f"{line['rejects']} rejected, {line['dropped']} dropped; accuracy on centred cones "
-                      f"{line['accuracy_clean']} before the {line['drift']} drift, {line['accuracy_drift']} after",
+                      f"{line['accuracy_clean']} before the {line['drift']} drift, {line['accuracy_drift']} after; "
+                      f"drift alarms: {line['alarms']}",
                       highlight=False)
     uri = f"sqlite:///{result.workdir / 'mlflow.db'}"
     console.print(f"ran {len(result.ran)} step(s), reused {len(result.cached)}; everything is under {result.workdir}\n"

@@ -255,6 +255,24 @@ class Predictor:
         ms = (time.perf_counter() - t0) * 1000.0
         return [self._decide(row, r, ms, f"item {i}") for i, (row, r) in enumerate(zip(logits, recipes, strict=True))]
 
+    def predict_outputs(
+        self, images: Sequence[np.ndarray], recipe: str | Sequence[str | None] | None = None
+    ) -> tuple[list[Prediction], dict[str, np.ndarray]]:
+        """Decisions for a batch of decoded images plus every model output (``logits``, ``embedding``).
+
+        One ONNX call yields both: the monitor's embedding signals cost no second inference.
+        """
+        t0 = time.perf_counter()
+        batch = list(images)
+        if not batch:
+            return [], {}
+        out = self._runner.outputs(preprocess_batch(batch, self.params))
+        recipes = _recipes_for(recipe, len(batch))
+        ms = (time.perf_counter() - t0) * 1000.0
+        preds = [self._decide(row, r, ms, f"item {i}")
+                 for i, (row, r) in enumerate(zip(out["logits"], recipes, strict=True))]
+        return preds, out
+
     def predict_file(
         self, path: str | Path, recipe: str | None = None, *, max_bytes: int = MAX_IMAGE_BYTES,
         max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -31,10 +31,11 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -43,6 +44,9 @@ from lineguard.edge.bundle import Bundle
 from lineguard.edge.predictor import REJECT, Prediction, Predictor
 from lineguard.edge.sources import Frame, FrameSource
 from lineguard.edge.store import PredictionRecord
+
+if TYPE_CHECKING:
+    from lineguard.monitor import Alarm, Monitor
 
 __all__ = ["LATENCY_BUCKETS_MS", "EdgeRuntime", "Recorder", "RunSummary", "RuntimeSettings", "frame_stats"]
 
@@ -161,7 +165,10 @@ class EdgeRuntime:
     :class:`~lineguard.edge.station.StationConfig`). ``signal(rec)`` is called at once for
     every reject, before it is recorded, and returns the names of the sinks it delivered
     to (or None). ``stats_fn(image)`` adds statistics to each record's ``stats`` (the
-    monitoring hook). ``clock`` gives unix seconds (tests pass their own).
+    monitoring hook). ``monitor`` (a :class:`lineguard.monitor.Monitor`) watches every decided
+    frame: its image signals go into the record's ``stats``, the model's embedding comes from
+    the same ONNX call as the decision, and each alarm goes to ``on_alarm``. ``clock`` gives
+    unix seconds (tests pass their own).
     """
 
     def __init__(
@@ -173,6 +180,8 @@ class EdgeRuntime:
         recorder: Recorder,
         signal: Signal | None = None,
         stats_fn: StatsFn | None = None,
+        monitor: Monitor | None = None,
+        on_alarm: Callable[[Alarm], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = station if isinstance(station, RuntimeSettings) else station.runtime_settings()
@@ -181,6 +190,10 @@ class EdgeRuntime:
         self.recorder = recorder
         self.signal = signal
         self.stats_fn = stats_fn
+        self._monitor = monitor
+        self._mon_lock = threading.Lock()
+        self.on_alarm = on_alarm
+        self.alarms_fired = 0
         self._clock = clock
         self._recipe: str | None = None
         self.set_recipe(self.settings.recipe)
@@ -238,9 +251,20 @@ class EdgeRuntime:
 
     def set_predictor(self, predictor: Predictor) -> None:
         """Decide with another bundle from the next frame on (hot swap: the caller verified it)."""
+        if self._monitor is not None:
+            from lineguard.monitor import Monitor
+
+            fresh = Monitor.from_bundle(predictor.bundle)  # the new model's reference, thresholds and version
+            with self._mon_lock:
+                self._monitor = fresh
         self._predictor = predictor
         self.set_recipe(self._recipe if not predictor.bundle.recipes or self._recipe in predictor.bundle.recipes
                         else None)
+
+    @property
+    def monitor(self) -> MonitorView | None:
+        """Thread-safe access to the station's Monitor (for the API and the dashboard), or None."""
+        return MonitorView(self) if self._monitor is not None else None
 
     @property
     def predictor(self) -> Predictor:
@@ -358,17 +382,23 @@ class EdgeRuntime:
         predictor = self._predictor
         with self._lock:
             self.frames += len(frames)
-        preds = self._decide(predictor, frames, recipe)
+        embeddings: np.ndarray | None = None
+        if self._monitor is not None:
+            preds, embeddings = self._decide_with_embeddings(predictor, frames, recipe)
+        else:
+            preds = self._decide(predictor, frames, recipe)
         station, stats_fn = self.settings.station, self.stats_fn
         done: list[Frame] = []
         items: list[tuple[Frame, PredictionRecord, Sequence[str]]] = []
-        for frame, pred in zip(frames, preds, strict=True):
+        for i, (frame, pred) in enumerate(zip(frames, preds, strict=True)):
             if pred is None:
                 done.append(frame)  # undecidable (counted, logged): not retried
                 continue
             stats = frame_stats(frame.image)
             if stats_fn is not None:
                 stats.update(stats_fn(frame.image))
+            if self._monitor is not None:
+                stats.update(self._watch(frame, pred, recipe, None if embeddings is None else embeddings[i]))
             rec = PredictionRecord(frame.frame_id, frame.time, station, frame.source, recipe, pred.label,
                                    pred.score, pred.decision, pred.threshold, pred.bundle_name,
                                    pred.bundle_version, pred.latency_ms, stats)
@@ -377,6 +407,35 @@ class EdgeRuntime:
             recorded = self._record(items)
             done.extend(frame for (frame, _, _), ok in zip(items, recorded, strict=True) if ok)
         self.source.ack(done)
+
+    def _decide_with_embeddings(self, predictor: Predictor, frames: Sequence[Frame], recipe: str | None
+                                ) -> tuple[list[Prediction | None], np.ndarray | None]:
+        """Decisions and the model's embeddings from one ONNX call; a failing batch is decided frame by frame."""
+        try:
+            preds, out = predictor.predict_outputs([f.image for f in frames], recipe)
+        except LineguardError:
+            return self._decide(predictor, frames, recipe), None
+        return list(preds), out.get("embedding")
+
+    def _watch(self, frame: Frame, pred: Prediction, recipe: str | None, embedding: np.ndarray | None
+               ) -> dict[str, float]:
+        """Feed one decided frame to the monitor; its image signals go into the record's ``stats``."""
+        from lineguard.monitor import frame_signals
+
+        signals = frame_signals(frame.image)
+        with self._mon_lock:
+            monitor = self._monitor
+            alarms = [] if monitor is None else monitor.update(
+                signals, embedding, pred.score, recipe, time=frame.time, rejected=pred.decision == REJECT)
+        for alarm in alarms:
+            self.alarms_fired += 1
+            log.warning("drift alarm at frame %s (%s): %s", frame.frame_id, frame.source, alarm.message())
+            if self.on_alarm is not None:
+                try:
+                    self.on_alarm(alarm)
+                except Exception as exc:  # an alert that cannot be sent must not stop the line
+                    log.error("alarm hook failed: %s", exc)
+        return signals
 
     def _decide(self, predictor: Predictor, frames: Sequence[Frame], recipe: str | None) -> list[Prediction | None]:
         try:
@@ -540,6 +599,7 @@ class EdgeRuntime:
                              "pending": len(self._triggers), "skipped_frames": self.frames_skipped_untriggered},
                 "source": src,
                 "last_error": self.last_error,
+                "alarms_fired": self.alarms_fired,
             }
 
     def _summary(self, ended: str, error: str | None) -> RunSummary:
@@ -568,3 +628,29 @@ def _close(it: Iterator[Any]) -> None:
     close = getattr(it, "close", None)
     if callable(close):
         close()
+
+
+class MonitorView:
+    """The runtime's :class:`~lineguard.monitor.Monitor` behind its lock: the API reads it while the loop updates it.
+
+    Attribute reads and method calls run under the runtime's monitor lock; containers
+    (the alarm deque, the active alarms) come back as copies.
+    """
+
+    def __init__(self, runtime: EdgeRuntime) -> None:
+        self._runtime = runtime
+
+    def __getattr__(self, name: str) -> Any:
+        rt = self._runtime
+        with rt._mon_lock:
+            value = getattr(rt._monitor, name)
+            if isinstance(value, deque | list):
+                return list(value)
+            if isinstance(value, dict):
+                return dict(value)
+        if callable(value):
+            def locked(*args: Any, **kwargs: Any) -> Any:
+                with rt._mon_lock:
+                    return value(*args, **kwargs)
+            return locked
+        return value

@@ -238,6 +238,11 @@ class ServedStation:
     runtime: Any
     slot: ModelSlot
 
+    @property
+    def monitor(self) -> Any:
+        """The runtime's drift monitor (a thread-safe view), or None when the bundle has no monitoring reference."""
+        return getattr(self.runtime, "monitor", None)
+
 
 def serve(
     config: str | Path | None = None,

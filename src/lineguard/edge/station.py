@@ -193,6 +193,7 @@ class StationConfig(_Section):
     max_frames: int | None = Field(None, ge=1)
     drain_s: float = Field(2.0, ge=0, le=30)
     state_dir: str | None = None
+    monitor: bool = True
     source: SourceConfig = SourceConfig()
     sinks: list[SinkConfig] = []
     controls: list[ControlConfig] = []
@@ -487,6 +488,11 @@ class Station:
         _quietly(self.source.close)
 
     @property
+    def monitor(self) -> Any:
+        """The runtime's drift monitor (a thread-safe view), or None."""
+        return self.runtime.monitor
+
+    @property
     def metrics(self) -> dict[str, Any]:
         """The runtime's figures plus each outbox's backlog and the sync backlog."""
         m = self.runtime.metrics
@@ -510,6 +516,19 @@ def _quietly(fn: Any) -> None:
 def _ledger_path(config: StationConfig, folder: str) -> Path:
     digest = hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:10]
     return config.state_path / f"{config.station}.seen-{digest}.jsonl"
+
+
+def _open_monitor(config: StationConfig, predictor: Predictor) -> Any:
+    """The station's drift monitor from the bundle's reference; None when turned off or the bundle has none."""
+    if not config.monitor:
+        return None
+    from lineguard.monitor import Monitor, MonitorError
+
+    try:
+        return Monitor.from_bundle(predictor.bundle)
+    except MonitorError as exc:  # an older bundle: the line runs, health and the log say monitoring is off
+        log.warning("drift monitoring is off for this bundle: %s", exc)
+        return None
 
 
 def open_station(config: StationConfig, bundle: Bundle | Predictor | str | Path | None = None, *,
@@ -560,7 +579,20 @@ def open_station(config: StationConfig, bundle: Bundle | Predictor | str | Path 
         workers = [OutboxWorker(store, s) for s in sinks]
         signal = _reject_signal(sinks)
         recorder = StoreRecorder(store, [s.name for s in sinks], workers)
-        runtime = EdgeRuntime(bundle, source, station=config, recorder=recorder, signal=signal)
+        from lineguard.edge.predictor import Predictor
+
+        predictor = bundle if isinstance(bundle, Predictor) else Predictor(bundle, threads=config.threads)
+        monitor = _open_monitor(config, predictor)
+        names = [s.name for s in sinks]
+
+        def alert(alarm: Any) -> None:  # a drift alarm leaves through each sink's outbox, like a decision
+            key = f"{config.station}:alarm:{alarm.signal}:{alarm.direction}:{alarm.frame}"
+            store.add_alert(key, {"station": config.station, "alarm": alarm.to_dict()}, names)
+            for w in workers:
+                w.wake()
+
+        runtime = EdgeRuntime(predictor, source, station=config, recorder=recorder, signal=signal,
+                              monitor=monitor, on_alarm=alert if names else None)
         controls = [_open_control(c, config, runtime) for c in config.controls]
         sync = Sync(store, config.sync.url, batch=config.sync.batch, interval_s=config.sync.interval_s) \
             if config.sync.url else None

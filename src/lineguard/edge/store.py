@@ -38,7 +38,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -633,6 +633,25 @@ class Store:
     @staticmethod
     def _bump(db: sqlite3.Connection, name: str, by: int = 1) -> None:
         db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key=?", (by, name))
+
+    def add_alert(self, key: str, payload: Mapping[str, Any], sinks: Sequence[str]) -> int:
+        """Queue an alert (a drift alarm) to each sink through the outbox; returns the rows queued.
+
+        One transaction; idempotent on ``key`` per sink (an alert already queued is not queued
+        again). The payload goes out as JSON with ``"kind": "alert"`` and the key.
+        """
+        body = json.dumps({**payload, "kind": "alert", "key": key}, allow_nan=False, default=str)
+        now, added = self.clock(), []
+        with self._lock, self.transaction() as db:
+            for sink in sinks:
+                if db.execute("SELECT 1 FROM outbox WHERE sink=? AND key=?", (sink, key)).fetchone():
+                    continue
+                db.execute("INSERT INTO outbox (sink, key, payload, status, created_at) VALUES (?,?,?,'pending',?)",
+                           (sink, key, body, now))
+                added.append(sink)
+            for sink in added:  # committed with the rows (the lock is held until then)
+                self._pending[sink] = self._pending.get(sink, 0) + 1
+        return len(added)
 
     def add_feedback(self, prediction_id: int, label: str, *, source: str = "operator", note: str = "") -> int:
         """Record an operator's true label for a prediction; returns the feedback id (sync uploads it)."""

@@ -245,6 +245,7 @@ def simulated_line(config: LineguardConfig, result: PipelineResult, say: Callabl
                 hits["drift" if t["drift"] else "clean"].append(int(bad == (row["decision"] == "reject")))
     out = {"store": str(store_path), "station": str(station_yaml), "video": str(video), "frames": summary.frames, "decided": summary.decided,
            "rejects": summary.rejects, "dropped": summary.dropped, "drift": LINE_DRIFT,
+           "alarms": station.runtime.alarms_fired,
            **{f"accuracy_{k}": round(sum(v) / len(v), 3) if v else None for k, v in hits.items()}}
     from lineguard.edge.bundle import load_bundle
     from lineguard.monitor.report import write_report
