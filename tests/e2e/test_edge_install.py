@@ -1,5 +1,5 @@
 """The edge install: `pip install '.[edge]'` into a fresh virtual environment holds no torch and
-runs `lineguard predict` on a bundle (what docker/Dockerfile.edge installs; there is no Docker
+runs `lineguard predict` and `lineguard edge run` on a bundle (what docker/Dockerfile.edge installs; there is no Docker
 engine here, so the environment stands in for the image).
 
 The venv's size is printed (run with ``-s`` to see it; docs/benchmarks.md records it).
@@ -57,6 +57,17 @@ def test_the_edge_extra_installs_without_torch_and_predicts(tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout + result.stderr
     decisions = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [d["label"] for d in decisions] == ["bad", "good"]
+    # The runtime too: a folder of frames through `lineguard edge run` into the local store and a JSON-lines sink.
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, level in enumerate((240, 15, 230)):
+        Image.fromarray(np.full((32, 32, 3), level, np.uint8)).save(frames / f"f{i}.png")
+    run = subprocess.run([str(cli), "edge", "run", "--bundle", str(bundle), "--source", str(frames),
+                          "--store", str(tmp_path / "edge.db"), "--sink", f"jsonl:{tmp_path / 'out.jsonl'}",
+                          "--station", "edge-venv"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    sent = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted(m["decision"] for m in sent) == ["accept", "reject", "reject"]
     size = _size_bytes(venv)
     site = next(venv.glob("lib/python*/site-packages"))
     largest = sorted(((_size_bytes(p), p.name) for p in site.iterdir() if p.is_dir()), reverse=True)[:8]
