@@ -207,12 +207,12 @@ def simulated_line(config: LineguardConfig, result: PipelineResult, say: Callabl
     """
     import csv
 
-    from lineguard import synth
+    from lineguard import storage, synth
     from lineguard.edge.station import load_station_config, open_station
     from lineguard.edge.store import Store
 
     bundle = result.bundle
-    if not bundle:
+    if not bundle or not storage.is_local(bundle):  # a station runs a bundle on its own disk
         return None
     line = result.workdir / "line"
     line.mkdir(parents=True, exist_ok=True)
