@@ -132,7 +132,8 @@ def monitor_reference(
 
     ref = reference_from_images(images, recipes, embeddings, val_scores=val_scores, val_labels=val_defect,
                                 prior=train_defect_share, seed=seed)
-    cal = calibrate_cusum(ref.reference_z(), arl0, group_sizes=ref.group_sizes(), seed=seed)
+    cal = calibrate_cusum(ref.reference_z(), arl0, group_sizes=ref.group_sizes(),
+                          groups=ref.rows(list(ref.value_recipes)), seed=seed)
     ref = ref.with_calibration(cal.to_arrays())
     return ref.summary(), ref.to_arrays()
 

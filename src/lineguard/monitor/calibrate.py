@@ -14,10 +14,20 @@ kept without a reference of ten times ``arl0`` frames:
 3. **Exponential tail.** Excursion peaks of a CUSUM have an exponential tail (Cramer-
    Lundberg: P(peak > h) ~ C exp(-theta h)); the rate is fitted on the part of the tail
    the simulation sees well and extrapolated to the rare false-alarm rates asked for.
-4. **Estimated parameters.** The reference itself is a sample: each chain shifts and
-   scales its values by the standardisation's own sampling error (1/sqrt(n) of the
-   recipe's reference images), so the promise is an average over references of that size,
-   not a promise for a perfect one -- a small reference gets a larger ``h``.
+4. **Estimated parameters, averaged per reference.** The reference itself is a sample:
+   the line's frames, standardised with the reference's centre and scale, are off by the
+   standardisation's own sampling error -- a shift ``delta ~ N(0, 1/n)`` and a scale
+   ``s ~ 1 + N(0, (kurtosis_excess + 2) / 4n)`` for a recipe of ``n`` reference images
+   (the scale error follows the signal's own tails). For one such error, the CUSUM of the
+   line's values is ``s`` times a CUSUM of the reference's own values with the slack
+   ``k / s -+ delta`` (upper / lower side), so one simulation of the unperturbed paths gives
+   every error's excursion rate: peaks are recorded for a grid of slacks, each slack's
+   tail fitted on its own, and the rates averaged over the bootstrap draws. (The first
+   version drew shift and scale independently and Gaussian, and pooled the peaks of all
+   chains into one tail fit: for the share of clipped pixels -- zero on most frames, a long
+   right tail -- the line alarmed ~20x more often than promised on that one signal, 3-4x
+   over all; see docs/benchmarks.md, Monitoring.) The promise is an average over references of that size, not a
+   promise for a perfect one -- a small reference gets a larger ``h``.
 
 Pure numpy, seeded: the same reference and settings give the same thresholds.
 """
@@ -115,6 +125,133 @@ def threshold_for_rate(peaks: np.ndarray, frames: int, rate: float, *, min_count
     return float((np.log(want) - intercept) / slope), True
 
 
+def _side_peaks(paths: np.ndarray, ks: np.ndarray) -> list[np.ndarray]:
+    """Excursion peaks of the upper CUSUM side of steps x chains ``paths``, one array per slack in ``ks``."""
+    chains = paths.shape[1]
+    kk = np.asarray(ks, np.float64)[:, None]
+    s = np.zeros((len(kk), chains))
+    peak = np.zeros_like(s)
+    found_k: list[np.ndarray] = []
+    found_v: list[np.ndarray] = []
+    for row in paths:
+        s += row
+        s -= kk
+        np.maximum(s, 0.0, out=s)
+        np.maximum(peak, s, out=peak)
+        ended = (s == 0.0) & (peak > 0.0)
+        if ended.any():
+            ki, _ = np.nonzero(ended)
+            found_k.append(ki)
+            found_v.append(peak[ended])
+            peak[ended] = 0.0
+    ki, _ = np.nonzero(peak > 0.0)  # excursions still open at the end (conservative)
+    found_k.append(ki)
+    found_v.append(peak[peak > 0.0])
+    all_k, all_v = np.concatenate(found_k), np.concatenate(found_v)
+    return [all_v[all_k == i] for i in range(len(kk))]
+
+
+class _Tail:
+    """Excursion rate per frame above ``h`` for one slack: counted where the simulation saw at
+    least ``min_count`` peaks above ``h``, an exponential fit of the tail beyond."""
+
+    def __init__(self, peaks: np.ndarray, frames: int, min_count: int = 30) -> None:
+        self.frames = frames
+        self.p = np.sort(peaks)[::-1]
+        self.min_count = min_count
+        top = self.p[: max(min_count * 20, 200)]
+        counts = np.arange(1, len(top) + 1, dtype=np.float64)
+        sel = counts >= min_count
+        if sel.sum() < 5:
+            raise MonitorError("the calibration saw too few excursions to fit their tail; use more reference "
+                               "values, more steps or a smaller k")
+        slope, intercept = np.polyfit(top[sel], np.log(counts[sel]), 1)
+        if slope >= 0:
+            raise MonitorError("the calibration's excursion tail does not decay; the reference values are degenerate")
+        self.slope, self.intercept = float(slope), float(intercept)
+        self.h_fit = float(self.p[min_count - 1])  # beyond this h, the fit
+
+    def log_rate(self, h: np.ndarray) -> np.ndarray:
+        h = np.asarray(h, np.float64)
+        counted = np.searchsorted(-self.p, -h, side="left").astype(np.float64)  # peaks > h
+        fitted = self.intercept + self.slope * h
+        out = np.where(h > self.h_fit, fitted, np.log(np.maximum(counted, 0.5)))
+        return np.asarray(out - np.log(self.frames))
+
+
+def _threshold_with_error(paths: np.ndarray, values: np.ndarray, k: float, rate: float, sizes: np.ndarray,
+                          rng: np.random.Generator, groups: np.ndarray | None = None, draws: int = 256) -> float:
+    """``h`` whose false-alarm rate, averaged over the standardisation's sampling error, is ``rate``.
+
+    ``values``: the signal's reference values (standardised); ``sizes``: per reference row,
+    the number of values its standardisation was fitted on. The error is drawn by the
+    bootstrap -- ``draws`` resamples of that many values, each giving the centre and scale a
+    reference of that size might have had -- so a skewed signal's mean and standard
+    deviation err together, as they do (a reference that saw few of a rare bright frame
+    underestimates both, and the line then looks shifted up *and* wider).
+    """
+    v = np.asarray(values, np.float64)
+    sz = np.asarray(sizes, np.int64)
+    g = np.asarray(groups) if groups is not None else sz
+    uniq, first, counts = np.unique(g, return_index=True, return_counts=True)
+    shares = counts / counts.sum()
+    cases = []  # (weight, scale, slack of the upper side, slack of the lower side)
+    for gi, n, share in zip(uniq, sz[first], shares, strict=True):
+        n = int(max(2, min(n, 100_000)))
+        own = v[g == gi] if groups is not None else v
+        for _ in range(draws):
+            sample = own[rng.integers(0, len(own), n)]
+            sd = max(float(sample.std()), 1e-9)
+            delta = -float(sample.mean()) / sd  # the line's values, standardised by this draw's centre and scale
+            sc = float(np.clip(1.0 / sd, 0.5, 2.0))
+            cases.append((share / draws, sc, k / sc - delta, k / sc + delta))
+    c = np.array(cases)
+    ks_needed = np.concatenate([c[:, 2], c[:, 3]])
+    lo_k = max(float(ks_needed.min()), 0.05)
+    grid = np.linspace(lo_k, max(float(ks_needed.max()), lo_k + 1e-3), 13)
+    frames = paths.size
+    tails: list[list[_Tail]] = []
+    usable = len(grid)
+    for sign in (1.0, -1.0):
+        side: list[_Tail] = []
+        for p in _side_peaks(sign * paths, grid):
+            try:
+                side.append(_Tail(p, frames))
+            except MonitorError:
+                break  # slacks this large hardly ever start an excursion: the last fitted slack stands in
+        if not side:
+            raise MonitorError("the calibration saw too few excursions to fit their tail; use more reference "
+                               "values, more steps or a smaller k")
+        tails.append(side)
+        usable = min(usable, len(side))
+    grid = grid[:max(usable, 2)] if usable >= 2 else grid[:1].repeat(2) + np.array([0.0, 1e-3])
+    tails = [side[:len(grid)] if len(side) >= len(grid) else side + [side[-1]] * (len(grid) - len(side))
+             for side in tails]
+
+    def total_rate(h: float) -> float:
+        out = 0.0
+        for side, col in ((0, 2), (1, 3)):
+            hs = h / c[:, 1]
+            lr = np.stack([t.log_rate(hs) for t in tails[side]])  # grid x cases
+            kk = np.clip(c[:, col], grid[0], grid[-1])
+            i = np.clip(np.searchsorted(grid, kk) - 1, 0, len(grid) - 2)
+            f = (kk - grid[i]) / (grid[i + 1] - grid[i])
+            cols = np.arange(len(c))
+            interp = lr[i, cols] * (1 - f) + lr[i + 1, cols] * f
+            out += float(np.sum(c[:, 0] * np.exp(interp)))
+        return out
+
+    lo, hi = 0.0, 1.0
+    while total_rate(hi) > rate:
+        hi *= 2.0
+        if hi > 1e6:
+            raise MonitorError("the calibration found no threshold for the asked run length")
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if total_rate(mid) > rate else (lo, mid)
+    return hi
+
+
 def calibrate_cusum(
     z: np.ndarray,
     arl0: float,
@@ -122,6 +259,7 @@ def calibrate_cusum(
     k: float = 0.5,
     block: int = 1,
     group_sizes: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
     steps: int = 1000,
     chains: int = 1000,
     seed: int = 0,
@@ -133,7 +271,9 @@ def calibrate_cusum(
     in-control spread to promise anything against.
 
     ``group_sizes`` (n): the number of reference values each row's standardisation was fitted
-    on (the estimation error to simulate); None simulates a perfectly known reference.
+    on (the estimation error to average over, see the module docstring); None calibrates
+    for a perfectly known reference. ``groups`` (n, optional): which standardisation each row
+    belongs to (its recipe), so each recipe's error is drawn from its own values.
     """
     zz = np.asarray(z, np.float64)
     if zz.ndim == 1:
@@ -152,8 +292,11 @@ def calibrate_cusum(
         if float(np.std(zz[:, j])) < 1e-9:
             hs[j] = np.inf  # constant in the reference: no in-control spread to calibrate against
             continue
-        paths = simulate_paths(zz[:, j], steps, chains, rng, block=block, group_sizes=group_sizes)
-        hs[j], fitted[j] = threshold_for_rate(excursion_peaks(paths, k), steps * chains, 1.0 / per)
+        paths = simulate_paths(zz[:, j], steps, chains, rng, block=block)
+        if group_sizes is None:
+            hs[j], fitted[j] = threshold_for_rate(excursion_peaks(paths, k), steps * chains, 1.0 / per)
+        else:
+            hs[j], fitted[j] = _threshold_with_error(paths, zz[:, j], k, 1.0 / per, np.asarray(group_sizes), rng, groups), True
     return Calibration(float(k), hs, float(arl0), per, fitted)
 
 

@@ -160,7 +160,9 @@ class Monitor:
             if (math.isclose(shipped.arl0, arl0) and math.isclose(shipped.k, k)
                     and shipped.h.shape == (len(self.names),)):
                 return shipped
-        return calibrate_cusum(self.reference.reference_z(), arl0, k=k, group_sizes=self.reference.group_sizes(),
+        ref = self.reference
+        return calibrate_cusum(ref.reference_z(), arl0, k=k, group_sizes=ref.group_sizes(),
+                               groups=ref.rows(list(ref.value_recipes)),
                                seed=seed)
 
     def _cusum(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

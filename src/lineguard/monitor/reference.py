@@ -33,6 +33,11 @@ from lineguard.monitor.signals import IMAGE_SIGNALS, signal_vector
 EMBEDDING_SIGNALS = ("embedding_distance", "embedding_residual")
 CLIP = 4.0  # standardised values are clipped here before the detectors see them
 MIN_RECIPE_IMAGES = 30  # fewer reference images than this: the recipe is standardised with all recipes
+# No recipe's spread of a signal counts as narrower than this share of the median recipe's spread.
+# A signal nearly constant for one recipe (clipped pixels on a dark chocolate cone: zero on 98 % of
+# frames) has a spread its reference estimates badly, and a line whose rare non-zero frames come
+# a little more often than in the reference would alarm far beyond the promise (docs/benchmarks.md).
+MIN_SPREAD_SHARE = 0.25
 PCA_K = 8
 REFERENCE_SCHEMA = 1
 ALL = "*"  # the name of the pooled row (every recipe together)
@@ -305,6 +310,9 @@ def build_reference(
     kept = tuple(r for r in names_present if np.sum(rec == r) >= MIN_RECIPE_IMAGES)
     rows = [_standardisation(vals[rec == r]) for r in kept] + [_standardisation(vals)]
     centre, scale, offset, spread = (np.stack([row[i] for row in rows]) for i in range(4))
+    if len(kept) >= 2:  # the floor is a share of the typical recipe's own spread (not of the pooled one,
+        typical = np.median(scale[:-1] * spread[:-1], axis=0)  # which holds the recipes' differences)
+        spread = np.maximum(spread, MIN_SPREAD_SHARE * typical / scale)
     vs = np.zeros(0) if val_scores is None else np.asarray(val_scores, np.float64)
     vl = np.zeros(0, np.int64) if val_labels is None else np.asarray(val_labels, np.int64)
     if len(vs) != len(vl):
