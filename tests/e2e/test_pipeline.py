@@ -6,7 +6,9 @@ Tiny everything (tests/e2e/_tiny.py) so a run takes seconds of compute.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +104,10 @@ def test_a_failing_step_stops_the_pipeline_and_the_next_run_resumes_there(tmp_pa
     state = json.loads((work / "pipeline" / "state.json").read_text())
     assert state["failed"]["step"] == "compress" and "compress" not in state["steps"]
     assert not (work / "release").exists()
+    with contextlib.closing(sqlite3.connect(work / "mlflow.db")) as db:  # the parent run ended FAILED at 'compress'
+        failed = db.execute("SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                            "WHERE t.key = 'pipeline.failed_step' AND t.value = 'compress'").fetchall()
+    assert failed == [("FAILED",)]
 
     lines: list[str] = []
     fixed = pipeline.run(_config(work, "compress.budget_ms=0.000001", "compress.on_no_fit=fp32"), say=lines.append)

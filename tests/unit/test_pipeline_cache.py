@@ -76,12 +76,14 @@ def test_two_runs_cannot_share_a_workdir(tmp_path: Path) -> None:
 
 def test_toy_presets_fill_only_what_the_config_leaves_unset() -> None:
     toy = resolve(load_config(None, []))
-    assert toy.train.budget_s == TOY_PRESETS["train"]["budget_s"] and toy.synth.messy is True
-    assert toy.compress.distill is False and toy.compress.on_no_fit == "fp32"
+    assert toy.train.epochs == TOY_PRESETS["train"]["epochs"] and "epochs" in toy.train.model_fields_set
+    assert toy.synth.messy is True and toy.compress.distill is False and toy.compress.on_no_fit == "fp32"
     mine = resolve(load_config(None, ["train.budget_s=240", "compress.distill=true"]))
     assert mine.train.budget_s == 240 and mine.compress.distill is True and mine.compress.on_no_fit == "fp32"
+    assert "epochs" not in mine.train.model_fields_set  # its own budget plans the epochs
     photos = resolve(load_config(None, []), data="photos/")
     assert photos.pipeline.data == "photos/" and photos.train.budget_s == 240 and photos.compress.distill is True
+    assert "epochs" not in photos.train.model_fields_set
     assert resolve(toy) == toy  # idempotent
 
 
@@ -109,3 +111,19 @@ def test_force_refuses_a_step_that_does_not_exist(tmp_path: Path) -> None:
     cfg = load_config(None, [f"workdir={tmp_path}"])
     with pytest.raises(PipelineError, match="--force trian: no such step; steps: synth, ingest, validate, train"):
         pipeline.run(cfg, force=["trian"], say=lambda _m: None)
+
+
+def test_steps_receive_only_the_keys_the_config_sets() -> None:
+    """A step parses its config text back: a default written out would come back "set" and switch
+    the time budget (an explicit train.epochs) and the auto recipe's choices off."""
+    from lineguard.config import parse_config
+    from lineguard.pipeline import demo_config, resolve
+    from lineguard.pipeline.steps import config_text
+
+    cfg = parse_config(config_text(resolve(demo_config(overrides=["train.budget_s=90"]))))
+    assert "epochs" not in cfg.train.model_fields_set
+    assert cfg.train.budget_s == 90.0 and "budget_s" in cfg.train.model_fields_set
+    assert not {"size", "color"} & cfg.preprocess.model_fields_set
+    assert cfg.to_dict() == resolve(demo_config(overrides=["train.budget_s=90"])).to_dict()  # only "set" differs
+    quick = parse_config(config_text(resolve(demo_config(quick=True))))
+    assert quick.train.epochs == 8 and "epochs" in quick.train.model_fields_set

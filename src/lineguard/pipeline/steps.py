@@ -30,10 +30,15 @@ COMPONENTS = ("start", "synth", "ingest", "validate", "train", "baseline", "eval
 
 def config_text(cfg: "LineguardConfig") -> str:
     """The config as every step receives it: one line of JSON (YAML reads it; a multi-line default
-    would break the comment header kfp writes into the compiled pipeline)."""
+    would break the comment header kfp writes into the compiled pipeline).
+
+    Only the keys the config sets (``exclude_unset``): a step parses this text back, and a key
+    that comes back "set" means something to some steps -- an explicit ``train.epochs`` turns
+    the time budget off, a set ``preprocess.size`` overrides the auto recipe's choice -- so
+    writing every default out would silently turn the budget and the auto recipe off."""
     import json
 
-    return json.dumps(cfg.to_dict(), separators=(",", ":"))
+    return json.dumps(cfg.model_dump(mode="json", exclude_unset=True), separators=(",", ":"))
 
 
 def root_of(cfg: "LineguardConfig") -> str:
@@ -52,7 +57,9 @@ def step_run(name: str, config: str, parent_run_id: str,
     """Parse the config, open the step's child run, nest the library's runs under it.
 
     Yields ``(config, done)``; ``done(output)`` records the step's output on its run and
-    returns it. The run ends FAILED (and the error propagates) when the step raises.
+    returns it. The run ends FAILED (and the error propagates) when the step raises, and so
+    does the pipeline's parent run, tagged with the failing step: on Kubeflow no later task
+    runs (``finish`` would have closed it), so without this a failed run stayed RUNNING.
     """
     from lineguard import tracking
     from lineguard.config import parse_config
@@ -66,8 +73,26 @@ def step_run(name: str, config: str, parent_run_id: str,
             run.log_params({"output": output})
             return output
 
-        with tracking.nested_under(run.run_id):
-            yield cfg, done
+        try:
+            with tracking.nested_under(run.run_id):
+                yield cfg, done
+        except BaseException as exc:
+            _fail_parent(cfg, parent_run_id, name, exc)
+            raise
+
+
+def _fail_parent(cfg: "LineguardConfig", parent_run_id: str, step: str, exc: BaseException) -> None:
+    """Mark the pipeline's parent run FAILED at ``step``; best effort (the step's own error is what matters)."""
+    from lineguard import LineguardError, tracking
+
+    if not parent_run_id:
+        return
+    try:
+        tracking.Run(parent_run_id, tracking.client(cfg)).set_tags(
+            {"pipeline.failed_step": step, "pipeline.error": " ".join(str(exc).split())[:500]})
+        tracking.end_run(cfg, parent_run_id, "FAILED")
+    except LineguardError:
+        pass
 
 
 def record_cached(config: str, name: str, parent_run_id: str, output: str, finished_at: str) -> None:
