@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from lineguard.edge.hotswap import ModelSlot
     from lineguard.edge.store import PredictionRecord, Store
 
-__all__ = ["ShadowError", "ShadowRunner", "ShadowSlot"]
+__all__ = ["ArchiveUpload", "ShadowError", "ShadowRunner", "ShadowSlot"]
 
 log = logging.getLogger("lineguard.edge.shadow")
 
@@ -380,6 +380,53 @@ class ShadowRunner:
             }
 
 
+class ArchiveUpload:
+    """An uploaded bundle archive written to disk as it arrives, bounded by ``max_bytes``.
+
+    The bytes go to a temp file in ``folder``; :meth:`finish` renames it to
+    ``challenger-<sha256>.tar.gz`` and returns that path; :meth:`abort` removes it. Nothing is
+    held in memory but the chunk being written.
+    """
+
+    def __init__(self, folder: Path, max_bytes: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.max_bytes = int(max_bytes)
+        self.size = 0
+        self._digest = hashlib.sha256()
+        fd, self._tmp = tempfile.mkstemp(prefix=".upload-", suffix=".part", dir=folder)
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        """Append one chunk; ShadowError ``too_large`` at the first byte over the limit."""
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise ShadowError(
+                "too_large",
+                f"the uploaded bundle is over the limit of {self.max_bytes:,} bytes; "
+                "copy it to the station and PUT its path instead",
+            )
+        self._digest.update(chunk)
+        self._file.write(chunk)
+
+    def finish(self) -> Path:
+        """The archive under its final name (ShadowError ``empty`` for an empty upload)."""
+        self._file.close()
+        if self.size == 0:
+            self.abort()
+            raise ShadowError("empty", "the upload is empty; send the bundle's .tar.gz as the body")
+        final = self.folder / f"{UPLOAD_PREFIX}{self._digest.hexdigest()[:32]}.tar.gz"
+        os.replace(self._tmp, final)
+        return final
+
+    def abort(self) -> None:
+        """Remove the partial file (idempotent)."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._tmp)
+
+
 class ShadowSlot:
     """The station's place for at most one challenger: install, replace, remove, promote (module docstring).
 
@@ -494,6 +541,8 @@ class ShadowSlot:
             old, self._runner = self._runner, runner
             self.last_error = None
             if old is not None:
+                if old.upload is not None and old.upload == upload:
+                    old.upload = None  # the same archive uploaded again: it is the new challenger's now
                 self.last = old.stop()
             b = runner.bundle
             log.info("challenger %s %s runs in shadow (from %s)", b.name, b.version, b.source)
@@ -517,30 +566,18 @@ class ShadowSlot:
 
     def save_upload(self, chunks: Any, *, max_bytes: int) -> Path:
         """The uploaded archive on disk (temp name, then renamed to ``challenger-<sha256>.tar.gz``)."""
-        self.upload_dir.mkdir(parents=True, exist_ok=True)
-        digest, size = hashlib.sha256(), 0
-        fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".part", dir=self.upload_dir)
+        upload = self.begin_upload(max_bytes)
         try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise ShadowError(
-                            "too_large",
-                            f"the uploaded bundle is over the limit of {max_bytes:,} "
-                            "bytes; copy it to the station and PUT its path instead",
-                        )
-                    digest.update(chunk)
-                    f.write(chunk)
-            if size == 0:
-                raise ShadowError("empty", "the upload is empty; send the bundle's .tar.gz as the body")
-            final = self.upload_dir / f"{UPLOAD_PREFIX}{digest.hexdigest()[:32]}.tar.gz"
-            os.replace(tmp, final)
-            return final
+            for chunk in chunks:
+                upload.write(chunk)
+            return upload.finish()
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            upload.abort()
             raise
+
+    def begin_upload(self, max_bytes: int) -> ArchiveUpload:
+        """An :class:`ArchiveUpload` into ``upload_dir``: write the chunks as they arrive, then ``finish()``."""
+        return ArchiveUpload(self.upload_dir, max_bytes)
 
     def remove(self) -> dict[str, Any]:
         """Stop the running challenger; returns its final status. ShadowError ``no_challenger`` when none runs."""
@@ -549,7 +586,7 @@ class ShadowSlot:
             if runner is None:
                 raise ShadowError("no_challenger", "no challenger runs in shadow on this station")
             self.last = runner.stop()
-            return self.last
+            return {"enabled": self.enabled, **self.last}
 
     def promote(self, slot: ModelSlot, *, drain_s: float = 2.0) -> dict[str, Any]:
         """Make the challenger the champion through the slot's hot swap (pinned to its digest); the shadow stops.

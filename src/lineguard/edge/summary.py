@@ -235,9 +235,11 @@ class DashboardSummary:
             self._read_predictions(store)
             self._read_feedback(store)
             mon = getattr(self.station, "monitor", None)
+            shadow = getattr(self.station, "shadow", None)  # its comparisons land after the decisions they follow
             key = (self._last_id, self._feedback_after, self._caught_up, self.station.runtime.recipe,
                    self.station.slot.info().get("generation"), getattr(mon, "frames", None),
-                   getattr(mon, "alarm_count", None))
+                   getattr(mon, "alarm_count", None), id(shadow) if shadow is not None else None,
+                   getattr(shadow, "compared", None), getattr(shadow, "skipped", None))
             if self._cached is not None and self._cached[0] == key:
                 return self._cached[1]
             monitor = self._monitor_status()
