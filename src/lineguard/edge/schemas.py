@@ -163,6 +163,8 @@ class SummaryOut(_Out):
     estimate: dict[str, Any] = Field(description="label-free estimate (CBPE) of balanced accuracy, false-reject and escape rates")
     feedback: dict[str, Any] = Field(description="operator labels: measured rates beside the estimate for the same frames")
     drift: dict[str, Any] = Field(description="signals over time with reference and threshold; alarms with their frame")
+    outputs: dict[str, Any] = Field(description="per recipe: scores and reject rate against the bundle's validation "
+                                    "split and against the previous model, each with a verdict")
     shadow: dict[str, Any] = Field(description="the challenger's agreement, when one runs in shadow")
 
 
