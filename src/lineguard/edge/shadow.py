@@ -12,7 +12,9 @@ labelled: those are the frames that say which model is right.
 
 Off the hot path: the champion's recorder only :meth:`~ShadowRunner.offer` s each frame
 to a bounded queue (``put_nowait``: a few microseconds, never a wait). One worker thread
-takes the frames in small batches, runs the challenger and writes the results. When the
+takes the frames in small batches, runs the challenger and writes the results to the store
+in a few large transactions (at most one a second, or per 64 frames), so the champion's own
+commits seldom wait for the store's one writer. When the
 challenger cannot keep up, the queue fills and new frames are *skipped* (counted), never
 queued without bound and never waited for: the champion decides at its own pace whatever
 the challenger does. The worker runs at a lower CPU priority (``nice``, on Linux), so on a
@@ -61,6 +63,10 @@ log = logging.getLogger("lineguard.edge.shadow")
 
 DEFAULT_QUEUE_SIZE = 32
 BATCH = 8  # frames the worker decides in one call, at most
+# The worker writes its results in one transaction per WRITE_ROWS results or WRITE_S seconds: the store has one
+# writer, so every shadow commit is a moment the champion's next record could wait -- few, larger commits keep
+# those moments rare (the results are not needed at once; status() counts what is written).
+WRITE_ROWS, WRITE_S = 64, 1.0
 UPLOAD_PREFIX = "challenger-"
 UPLOAD_CHUNK = 1 << 20
 
@@ -71,6 +77,16 @@ class ShadowError(LineguardError):
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
         super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    """One compared frame waiting to be written: the result, its PNG (disagreements), what status() counts."""
+
+    result: ShadowResult
+    png: bytes | None
+    recipe: str | None
+    champion: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +147,7 @@ class ShadowRunner:
         self._clock = clock
         self._queue: queue.Queue[_Frame] = queue.Queue(maxsize=self.queue_size)
         self._stop = threading.Event()
+        self._flush_now = threading.Event()
         self._idle = threading.Condition()
         self._busy = 0  # frames taken off the queue and not yet written
         self._thread: threading.Thread | None = None
@@ -206,21 +223,38 @@ class ShadowRunner:
 
     def _loop(self) -> None:
         _lower_priority(self.nice)
-        while not (self._stop.is_set() and self._queue.empty()):
-            items = self._take()
-            if not items:
-                continue
-            try:
-                self._compare(items)
-            except Exception as exc:  # whatever goes wrong here must never reach the champion's line
-                with self._lock:
-                    self.write_errors += len(items)
-                    self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-                log.error("shadow comparison failed: %s", exc)
-            finally:
+        pending: list[_Scored] = []
+        held = 0  # frames taken off the queue whose results are not written yet
+        last_write = time.monotonic()
+        while True:
+            stopping = self._stop.is_set()
+            items = self._take() if not (stopping and self._queue.empty()) else []
+            held += len(items)
+            if items:
+                try:
+                    pending += self._score(items)
+                except Exception as exc:  # whatever goes wrong here must never reach the champion's line
+                    with self._lock:
+                        self.write_errors += len(items)
+                        self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    log.error("shadow comparison failed: %s", exc)
+            idle = self._queue.empty()
+            due = (len(pending) >= WRITE_ROWS or time.monotonic() - last_write >= WRITE_S
+                   or (idle and (stopping or self._flush_now.is_set())))
+            if held and due:
+                try:
+                    self._write(pending)
+                except Exception as exc:  # never let the worker die: count it, go on
+                    with self._lock:
+                        self.write_errors += len(pending)
+                        self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                pending, last_write = [], time.monotonic()
                 with self._idle:
-                    self._busy -= len(items)
+                    self._busy -= held
                     self._idle.notify_all()
+                held = 0
+            if stopping and idle and not held:
+                return
 
     def _decide(self, items: Sequence[_Frame]) -> list[Prediction | None]:
         """The challenger's decisions, one batch call per recipe; a frame it cannot decide is None (counted)."""
@@ -246,12 +280,12 @@ class ShadowRunner:
                         self.last_error = f"frame {items[i].prediction_id}: {str(exc)[:300]}"
         return out
 
-    def _compare(self, items: Sequence[_Frame]) -> None:
+    def _score(self, items: Sequence[_Frame]) -> list[_Scored]:
+        """The challenger's decision of each frame, its PNG when the two disagree (the frame is let go here)."""
         preds = self._decide(items)
         now = self._clock()
         version = self.bundle.version or "unknown"
-        results: list[tuple[ShadowResult, bytes | None]] = []
-        decided: list[tuple[_Frame, Prediction]] = []
+        out: list[_Scored] = []
         for item, pred in zip(items, preds, strict=True):
             if pred is None:
                 continue
@@ -259,44 +293,51 @@ class ShadowRunner:
             png = None
             if not agree and self.store.wants_shadow_image(item.prediction_id):
                 png = self._encode(item.image)
-            results.append(
-                (ShadowResult(item.prediction_id, version, pred.score, pred.decision, agree, now), png)
-            )
-            decided.append((item, pred))
-        if not results:
+            result = ShadowResult(item.prediction_id, version, pred.score, pred.decision, agree, now)
+            out.append(_Scored(result, png, item.recipe, item.decision))
+        return out
+
+    def _write(self, scored: Sequence[_Scored]) -> None:
+        """Write a batch of results in one store transaction, then count them (what status() reports is stored)."""
+        if not scored:
             return
         try:
-            written = self.store.record_shadow(results)
+            written = self.store.record_shadow([(x.result, x.png) for x in scored])
         except StoreError as exc:
             with self._lock:
-                self.write_errors += len(results)
+                self.write_errors += len(scored)
                 self.last_error = str(exc)[:400]
             log.error("shadow results not written: %s", exc)
             return
         with self._lock:
             self.images_kept += written["images"]
-            for item, pred in decided:
-                agree = pred.decision == item.decision
+            for x in scored:
+                agree = x.result.agree
+                challenger = x.result.decision
                 self.compared += 1
                 self.agreed += agree
-                per = self._per_recipe.setdefault(item.recipe, [0, 0, 0, 0])
+                per = self._per_recipe.setdefault(x.recipe, [0, 0, 0, 0])
                 per[0] += 1
                 per[1] += agree
-                per[2] += item.decision == REJECT
-                per[3] += pred.decision == REJECT
+                per[2] += x.champion == REJECT
+                per[3] += challenger == REJECT
                 if not agree:
-                    self._flips["accept_to_reject" if pred.decision == REJECT else "reject_to_accept"] += 1
+                    self._flips["accept_to_reject" if challenger == REJECT else "reject_to_accept"] += 1
 
     def drain(self, timeout_s: float = 5.0) -> bool:
         """Wait until every queued frame is compared and written; True when that happened within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        with self._idle:
-            while not self._queue.empty() or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0 or (self._thread is None or not self._thread.is_alive()):
-                    return self._queue.empty() and not self._busy
-                self._idle.wait(min(left, 0.05))
-        return True
+        self._flush_now.set()  # write what is compared as soon as the queue is empty, not at the next interval
+        try:
+            with self._idle:
+                while not self._queue.empty() or self._busy:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or (self._thread is None or not self._thread.is_alive()):
+                        return self._queue.empty() and not self._busy
+                    self._idle.wait(min(left, 0.05))
+            return True
+        finally:
+            self._flush_now.clear()
 
     def stop(self, timeout_s: float = 2.0) -> dict[str, Any]:
         """Stop taking frames, compare those already queued for up to ``timeout_s`` (the rest are skipped),
