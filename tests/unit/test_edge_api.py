@@ -189,13 +189,16 @@ def test_busy_and_draining_answer_503(station: StationFixture) -> None:
 # --- the token (R5) ----------------------------------------------------------------------------------
 
 
-def _write_requests() -> dict[str, dict[str, Any]]:
+def _write_requests() -> dict[tuple[str, str], dict[str, Any]]:
     return {
-        "/v1/predict": {"content": png(230)},
-        "/v1/auth": {"json": {}},
-        "/v1/feedback": {"json": {"prediction_id": 1, "label": "good"}},
-        "/v1/recipe": {"json": {"recipe": "vanilla"}},
-        "/v1/model": {"json": {"path": "/nonexistent"}},
+        ("POST", "/v1/predict"): {"content": png(230)},
+        ("POST", "/v1/auth"): {"json": {}},
+        ("POST", "/v1/feedback"): {"json": {"prediction_id": 1, "label": "good"}},
+        ("POST", "/v1/recipe"): {"json": {"recipe": "vanilla"}},
+        ("POST", "/v1/model"): {"json": {"path": "/nonexistent"}},
+        ("PUT", "/v1/shadow"): {"json": {"path": "/nonexistent"}},
+        ("DELETE", "/v1/shadow"): {"headers": {"Content-Type": "application/json"}},
+        ("POST", "/v1/shadow/promote"): {"json": {}},
     }
 
 
@@ -205,14 +208,15 @@ def test_every_write_route_needs_the_token(station: StationFixture) -> None:
 
     app = create_app(station, token=TOKEN, allow_hot_swap=True)
     assert unguarded_write_routes(app) == []
-    writes = {r.path for r in app.routes if isinstance(r, APIRoute) and set(r.methods) - {"GET", "HEAD"}}
+    writes = {(m, r.path) for r in app.routes if isinstance(r, APIRoute) for m in set(r.methods) - {"GET", "HEAD"}}
     requests = _write_requests()
     assert writes == set(requests), f"a write route has no request in this test: {writes ^ set(requests)}"
     client = TestClient(app)
-    for path, kwargs in requests.items():
+    for (method, path), kwargs in requests.items():
         for headers in ({}, {"Authorization": "Bearer wrong-token-of-some-length"}, {"Authorization": TOKEN},
                         {"Authorization": f"Basic {TOKEN}"}):
-            resp = client.post(path, headers=headers, **kwargs)
+            extra = kwargs.get("headers", {})
+            resp = client.request(method, path, **{**kwargs, "headers": {**extra, **headers}})
             assert_error(resp, 401, "unauthorized")
             assert resp.headers["www-authenticate"] == "Bearer"
     assert not station.store.rows and station.runtime.recipe is None and station.slot.generation == 0

@@ -14,7 +14,7 @@ import pytest
 
 from lineguard.edge import load_bundle
 from lineguard.edge.hotswap import ModelSlot
-from lineguard.edge.store import PredictionRecord, Store
+from lineguard.edge.store import PredictionRecord, ShadowResult, Store
 from lineguard.monitor import MonitorError
 from lineguard.monitor.report import read_store, render_report, write_report
 from tests.unit._dash_station import PushRuntime, cone_frame, make_monitor_bundle
@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_VERSION = "<img src=x onerror=alert(1)>"
 SECTIONS = ("1. Signals over time", "2. Reject rate per recipe", "3. Estimated vs feedback accuracy",
-            "4. Shadow agreement", "5. Drifted and disputed frames", "6. KPIs per shift and per bundle version")
+            "4. Shadow agreement", "5. Drifted and disputed frames", "6. KPIs per shift and per bundle version",
+            "7. Model outputs against the reference and the previous model")
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +117,9 @@ def test_a_shadow_table_is_read_when_the_store_has_one(filled: tuple[Path, Path,
     copy = tmp_path / "edge.db"
     with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
         src.backup(dst)
-        dst.execute("CREATE TABLE shadow (prediction_id INTEGER PRIMARY KEY, agree INTEGER, bundle_version TEXT)")
-        dst.executemany("INSERT INTO shadow VALUES (?, ?, ?)", [(i, int(i % 4 != 0), "toy:3") for i in range(1, 201)])
+    with Store(copy, min_free_bytes=0) as store:  # what a challenger in shadow writes (lineguard.edge.shadow)
+        store.record_shadow([(ShadowResult(i, "toy:3", 0.5, "accept", i % 4 != 0, time.time()), None)
+                             for i in range(1, 201)])
     shadow = render_report(read_store(copy)).split("<h2>4. Shadow agreement</h2>")[1].split("<h2>5.")[0]
     assert "<td>toy:3</td><td>200</td><td>75.0 %</td><td>50</td>" in shadow and "<svg" in shadow
 
@@ -147,3 +149,22 @@ def test_the_cli_writes_the_report(filled: tuple[Path, Path, list[dict[str, Any]
     bad = subprocess.run([sys.executable, "-m", "lineguard.cli", "monitor", "report", "--store", str(db), "--since",
                           "yesterday"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "--since 'yesterday' is neither" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_output_section_compares_the_new_version_with_the_previous_one(tmp_path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    t = time.time() - 3600
+    with Store(tmp_path / "edge.db", min_free_bytes=0) as store:
+        for version, scores in (("1", rng.beta(2, 12, 300)), ("2", rng.beta(6, 8, 300))):  # version 2 scores higher
+            store.record_many([(PredictionRecord(f"{version}-{i}", t + i, "line1", "test", "vanilla",
+                                                 "bad" if s >= 0.5 else "good", float(s),
+                                                 "reject" if s >= 0.5 else "accept", 0.5, "toy", version, 1.0), None)
+                               for i, s in enumerate(scores)])
+            t += 1000
+    page = render_report(read_store(tmp_path / "edge.db"), window=200)
+    section = page.split("<h2>7. Model outputs against the reference and the previous model</h2>")[1]
+    assert "version <code>2</code>" in section and "version <code>1</code>" in section
+    assert "Overall: <b>shifted</b>" in section and "Pass --bundle" in section
+    assert "<td>vanilla</td><td>200</td>" in section and "HIGHER than" in section and "<svg" in section

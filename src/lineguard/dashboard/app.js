@@ -309,8 +309,13 @@ function renderQuality(s) {
   if (!sh.available) empty(sbox, sh.reason || "not available");
   else {
     const sdl = h("dl");
-    dl(sdl, [["challenger", `${sh.name || ""} ${sh.version || ""}`], ["frames compared", sh.frames], ["agreement", pct(sh.agreement)],
-      ["disagreements", sh.disagreements]]);
+    const ch = sh.challenger || {};
+    const flips = sh.flips || {};
+    dl(sdl, [["challenger", `${ch.name || ""} ${ch.version || ""}`], ["frames compared", sh.frames_compared],
+      ["agreement", pct(sh.agreement)], ["disagreements", sh.disagreements],
+      ["challenger would reject (champion passed)", flips.accept_to_reject],
+      ["challenger would pass (champion rejected)", flips.reject_to_accept],
+      ["skipped (challenger behind)", sh.skipped]]);
     sbox.append(sdl);
   }
 }

@@ -23,11 +23,21 @@ route                                       token   what it does
 ``GET|POST /v1/recipe``                     yes*    the current recipe (* POST only)
 ``GET|POST /v1/model``                      yes*    the running model; POST hot-swaps it (off unless
                                                     enabled: 403)
+``GET  /v1/shadow``                         no      the challenger in shadow: agreement with the champion
+``PUT  /v1/shadow``                         yes     run a challenger in shadow (a bundle path as JSON, or
+                                                    its .tar.gz as the body); replaces the one running
+``DELETE /v1/shadow``                       yes     stop the challenger
+``POST /v1/shadow/promote``                 yes     the challenger becomes the champion through the hot
+                                                    swap (off unless hot swap is enabled: 403); the
+                                                    shadow stops
 ==========================================  ======  ===================================================
 
 ``GET /`` serves the operator dashboard (``lineguard/dashboard/``, docs/dashboard.md). Every answer
 carries a strict Content-Security-Policy and the other page headers; writes from another ``Origin``
 and writes that are not JSON (but the image upload) are refused (:class:`_PageGuard`).
+
+A challenger in shadow (:mod:`lineguard.edge.shadow`) never acts on the line: its routes change
+what is compared and recorded, not what is decided -- but for the promotion, which is a hot swap.
 
 Every route that changes state depends on :func:`require_token` (``Authorization: Bearer``,
 compared in constant time); :func:`unguarded_write_routes` lists any that does not, and
@@ -93,6 +103,11 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 LIVE_SOURCES = ("camera", "url")  # sources whose disconnection degrades health (files and push do not)
 # Reasons in the store's health that mean a decision cannot be recorded (the rest degrade, e.g. sampling).
 STORE_WRITE_FAILURES = ("write_failed", "unavailable")
+# Status per shadow refusal (lineguard.edge.shadow.ShadowError.reason).
+SHADOW_STATUS = {"shadow_disabled": 403, "shadow_busy": 409, "swap_in_progress": 409, "no_challenger": 409,
+                 "shadow_refused": 422, "promote_refused": 422, "too_large": 413, "empty": 400}
+BUNDLE_MEDIA = ("application/gzip", "application/x-gzip", "application/octet-stream", "application/x-tar")
+MAX_JSON_BODY = 65_536
 # Status per decode failure (lineguard.preprocess.ImageDecodeError.reason).
 DECODE_STATUS = {"empty": 400, "truncated": 400, "corrupt": 400, "not_an_image": 415, "too_large": 413}
 
@@ -161,15 +176,17 @@ class ApiLimits:
     """What one request may cost. ``max_upload_bytes`` bounds the bytes read per upload (refused
     before reading when declared, cut off at the first byte over when not); ``max_pixels`` the
     decoded size (checked from the header: decompression bombs); ``max_concurrent_predictions`` the
-    uploads decoded at once (more get 503 and ``Retry-After``); ``max_page`` the rows per page."""
+    uploads decoded at once (more get 503 and ``Retry-After``); ``max_page`` the rows per page;
+    ``max_bundle_bytes`` a challenger bundle uploaded to ``PUT /v1/shadow`` (streamed to disk)."""
 
     max_upload_bytes: int = 50_000_000
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_concurrent_predictions: int = 4
     max_page: int = 1000
+    max_bundle_bytes: int = 500_000_000
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_concurrent_predictions", "max_page"):
+        for name in ("max_upload_bytes", "max_pixels", "max_concurrent_predictions", "max_page", "max_bundle_bytes"):
             if int(getattr(self, name)) < 1:
                 raise LineguardError(f"api limit {name} must be >= 1, got {getattr(self, name)}")
 
@@ -703,6 +720,120 @@ def create_app(
         except SwapError as exc:
             raise ApiError(422, "swap_refused", _one_line(str(exc), 600)) from None
 
+    # --- shadow mode: a challenger beside the champion --------------------------------------------
+
+    def shadow_slot() -> Any:
+        slot = getattr(station, "shadow_slot", None)
+        if slot is None:
+            raise ApiError(409, "shadow_unavailable", "this station runs without a shadow slot; start it with "
+                           "`lineguard serve` to run a challenger in shadow")
+        return slot
+
+    def shadow_failed(exc: Exception) -> ApiError:
+        from lineguard.edge.shadow import ShadowError
+
+        reason = exc.reason if isinstance(exc, ShadowError) else "shadow_refused"
+        status = SHADOW_STATUS.get(reason, 422)
+        return ApiError(status, reason, _one_line(str(exc), 600))
+
+    @app.get("/v1/shadow", response_model=S.ShadowOut, tags=["shadow"])
+    def get_shadow() -> Any:
+        """The challenger running in shadow: frames compared, agreement overall and per recipe, disagreements
+        (and which way), frames skipped because it could not keep up -- or why none runs."""
+        slot = getattr(station, "shadow_slot", None)
+        if slot is None:
+            return {"enabled": False, "running": False, "reason": "this station runs without a shadow slot"}
+        return slot.status()
+
+    @app.put("/v1/shadow", dependencies=guarded, response_model=S.ShadowOut, tags=["shadow"],
+             responses={400: err, 401: err, 403: err, 409: err, 413: err, 415: err, 422: err},
+             openapi_extra={"requestBody": S.SHADOW_BODY})
+    async def put_shadow(
+        request: Request,
+        digest: str | None = Query(None, pattern=r"^sha256:[0-9a-f]{64}$",
+                                   description="With an uploaded archive: load it only if it has this digest"),
+    ) -> Any:
+        """Run a challenger in shadow, replacing the one running: a bundle path as JSON, or its .tar.gz as the body.
+
+        The bundle is verified like a hot swap's (trust, limits, golden batch, warm-up); a refused one
+        (422) leaves the running challenger running. The challenger decides every frame the champion
+        decides, after it, and never acts on the line.
+        """
+        from pydantic import ValidationError
+
+        from lineguard.edge.shadow import ShadowError
+
+        slot = shadow_slot()
+        media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        declared = request.headers.get("content-length")
+        try:
+            if media == "application/json":
+                raw = bytearray()
+                async for chunk in request.stream():
+                    raw += chunk
+                    if len(raw) > MAX_JSON_BODY:
+                        raise ApiError(413, "too_large", f"the JSON body is over {MAX_JSON_BODY:,} bytes; send "
+                                       "{\"path\": ..., \"digest\": ...}")
+                try:
+                    body = S.ShadowIn.model_validate_json(bytes(raw))
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+                    raise ApiError(422, "invalid_request", _one_line(f"{where}: {first.get('msg')}; expected "
+                                   "{\"path\": \"<bundle folder or .tar.gz on the station>\", \"digest\": "
+                                   "\"sha256:...\" (optional)}")) from None
+                return await run_in_threadpool(slot.install, body.path, expected_digest=body.digest or digest)
+            if media not in BUNDLE_MEDIA:
+                raise ApiError(415, "unsupported_media_type", f"PUT /v1/shadow takes JSON {{\"path\": ...}} or the "
+                               f"bundle's .tar.gz as application/gzip, not {media or 'no content type'}")
+            if not slot.enabled:
+                raise ShadowError("shadow_disabled", "shadow mode is off on this station; set shadow.enabled: true "
+                                  "in station.yaml to run a challenger")
+            if declared is not None and declared.isdigit() and int(declared) > limits.max_bundle_bytes:
+                raise ApiError(413, "too_large", f"the bundle of {int(declared):,} bytes is over the limit of "
+                               f"{limits.max_bundle_bytes:,} bytes; copy it to the station and PUT its path instead")
+            upload = slot.begin_upload(limits.max_bundle_bytes)
+            try:
+                async for chunk in request.stream():
+                    upload.write(chunk)
+                path = upload.finish()
+            except BaseException:
+                upload.abort()
+                raise
+            return await run_in_threadpool(lambda: slot.install(path, expected_digest=digest, upload=path))
+        except ShadowError as exc:
+            raise shadow_failed(exc) from None
+
+    @app.delete("/v1/shadow", dependencies=guarded, response_model=S.ShadowOut, tags=["shadow"],
+                responses={401: err, 404: err, 409: err})
+    def delete_shadow() -> Any:
+        """Stop the challenger; answers its final status. Its comparisons stay in the store."""
+        from lineguard.edge.shadow import ShadowError
+
+        try:
+            return shadow_slot().remove()
+        except ShadowError as exc:
+            if exc.reason == "no_challenger":  # nothing to delete
+                raise ApiError(404, "not_found", str(exc)) from None
+            raise shadow_failed(exc) from None
+
+    @app.post("/v1/shadow/promote", dependencies=guarded, response_model=S.ShadowPromoteOut, tags=["shadow"],
+              responses={401: err, 403: err, 409: err, 422: err})
+    async def promote_shadow() -> Any:
+        """The challenger becomes the champion through the hot swap (pinned to the digest it ran with); the
+        shadow stops. Refused (403) unless hot swap is enabled; a refused swap (422) leaves the champion
+        serving and the challenger in shadow."""
+        from lineguard.edge.shadow import ShadowError
+
+        if not allow_hot_swap:
+            raise ApiError(403, "hot_swap_disabled", "promoting a challenger is a hot swap, which is off on this "
+                           "station; start it with --allow-hot-swap (or api.hot_swap: true)")
+        slot = shadow_slot()
+        try:
+            return await run_in_threadpool(slot.promote, station.slot)
+        except ShadowError as exc:
+            raise shadow_failed(exc) from None
+
     # --- the dashboard's place ------------------------------------------------------------------
 
     if (DASHBOARD_DIR / "index.html").is_file():
@@ -786,17 +917,20 @@ class _PageGuard:
       not name this host is refused (403 ``cross_origin``): another page cannot post here,
       even with a stolen token in its hands, and the token itself is never sent by a browser
       on its own (it is not a cookie);
-    - a write other than ``POST /v1/predict`` (which takes the image bytes) must be
-      ``application/json`` (415 ``unsupported_media_type``), so no HTML form can make one;
+    - a write other than ``POST /v1/predict`` (which takes the image bytes) and ``PUT /v1/shadow``
+      (which may take a bundle archive; no HTML form can send a PUT) must be ``application/json``
+      (415 ``unsupported_media_type``), so no HTML form can make one;
     - every answer carries :data:`SECURITY_HEADERS` (a strict Content-Security-Policy with no
       inline script or style, frame-ancestors 'none', nosniff, no referrer, same-origin
       resource policy) and, unless the route set one, a ``Cache-Control``: ``no-cache`` for
       the dashboard's files (revalidated by ETag), ``no-store`` for the API's JSON.
     """
 
-    def __init__(self, app: Any, raw_body_paths: frozenset[str] = frozenset({"/v1/predict"})) -> None:
+    def __init__(self, app: Any, raw_body_paths: frozenset[str] = frozenset({"/v1/predict"}),
+                 raw_body_routes: frozenset[tuple[str, str]] = frozenset({("PUT", "/v1/shadow")})) -> None:
         self.app = app
         self.raw_body_paths = raw_body_paths
+        self.raw_body_routes = raw_body_routes
 
     async def _refuse(self, send: Any, status: int, reason: str, message: str) -> None:
         import json
@@ -819,7 +953,7 @@ class _PageGuard:
                 await self._refuse(send, 403, "cross_origin", f"a write from another origin "
                                    f"({_one_line(origin, 80)}) is refused; use the station's own page or no Origin")
                 return
-            if path not in self.raw_body_paths:
+            if path not in self.raw_body_paths and (method, path) not in self.raw_body_routes:
                 kind = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
                 if kind != "application/json":
                     await self._refuse(send, 415, "unsupported_media_type", f"{method} {_one_line(path, 80)} takes "

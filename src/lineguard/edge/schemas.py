@@ -163,4 +163,47 @@ class SummaryOut(_Out):
     estimate: dict[str, Any] = Field(description="label-free estimate (CBPE) of balanced accuracy, false-reject and escape rates")
     feedback: dict[str, Any] = Field(description="operator labels: measured rates beside the estimate for the same frames")
     drift: dict[str, Any] = Field(description="signals over time with reference and threshold; alarms with their frame")
+    outputs: dict[str, Any] = Field(description="per recipe: scores and reject rate against the bundle's validation "
+                                    "split and against the previous model, each with a verdict")
     shadow: dict[str, Any] = Field(description="the challenger's agreement, when one runs in shadow")
+
+
+class ShadowIn(_In):
+    """A challenger bundle on the station's disk, optionally pinned to its digest."""
+
+    path: str = Field(min_length=1, max_length=4096, description="A bundle folder or .tar.gz on the station's disk")
+    digest: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$",
+                               description="Load only if the bundle has this digest (see `lineguard bundle info`)")
+
+
+# PUT /v1/shadow reads its body itself (JSON, or an archive streamed to disk), so the body is described here.
+SHADOW_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "Either JSON naming a bundle on the station's disk ({\"path\": ..., \"digest\": ...}), or the "
+                   "bundle's .tar.gz as the raw body (application/gzip; at most the station's max_bundle_bytes; "
+                   "pin it with ?digest=).",
+    "content": {
+        "application/json": {"schema": ShadowIn.model_json_schema()},
+        "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+class ShadowOut(_Out):
+    """The challenger in shadow: agreement with the champion on the same frames, or why none runs."""
+
+    enabled: bool = Field(description="False when station.yaml turns shadow mode off (installs are refused)")
+    running: bool
+    challenger: dict[str, Any] | None = Field(None, description="name, version, digest, signed_by, source")
+    frames_compared: int | None = None
+    agreement: float | None = Field(None, description="Share of compared frames both models decided alike")
+    disagreements: int | None = None
+    skipped: int | None = Field(None, description="Frames not compared because the challenger's queue was full")
+    per_recipe: list[dict[str, Any]] | None = None
+    reason: str | None = Field(None, description="Why no challenger runs (when running is false)")
+
+
+class ShadowPromoteOut(_Out):
+    model: dict[str, Any] = Field(description="The new champion (as GET /v1/model)")
+    shadow: dict[str, Any] = Field(description="The challenger's final shadow status")

@@ -231,17 +231,24 @@ def run_api(
 
 @dataclass
 class ServedStation:
-    """What the API serves: an opened station's store and runtime, plus the slot its model lives in."""
+    """What the API serves: an opened station's store and runtime, the slot its model lives in, and the
+    slot of its challenger in shadow (None: the station cannot run one)."""
 
     name: str
     store: Any
     runtime: Any
     slot: ModelSlot
+    shadow_slot: Any = None
 
     @property
     def monitor(self) -> Any:
         """The runtime's drift monitor (a thread-safe view), or None when the bundle has no monitoring reference."""
         return getattr(self.runtime, "monitor", None)
+
+    @property
+    def shadow(self) -> Any:
+        """The challenger running in shadow (a :class:`~lineguard.edge.shadow.ShadowRunner`), or None."""
+        return self.shadow_slot.runner if self.shadow_slot is not None else None
 
 
 def serve(
@@ -274,10 +281,11 @@ def serve(
     slot = ModelSlot.open(cfg.bundle, trust=trust, limits=bundle_limits, threads=cfg.threads)
     token, note = resolve_token(token_file=token_file or cfg.api.token_file, token=cfg.api.token,
                                 default_file=Path(cfg.store.path).expanduser().parent / f"{cfg.station}.api-token")
-    station = open_station(cfg, slot.current(), source=None if cfg.source.input else PushSource())
+    station = open_station(cfg, slot.current(), source=None if cfg.source.input else PushSource(), trust=trust,
+                           bundle_limits=bundle_limits)
     slot.add_listener(lambda old, new: station.runtime.set_predictor(new))
     station.start_background()
-    run_api(ServedStation(cfg.station, station.store, station.runtime, slot), token=token,
+    run_api(ServedStation(cfg.station, station.store, station.runtime, slot, station.shadow_slot), token=token,
             host=host or cfg.api.host, port=cfg.api.port if port is None else port,
             allow_hot_swap=allow_hot_swap or cfg.api.hot_swap, limits=limits, close=station.close,
             background=station.runtime.run if cfg.source.input else None, on_signal=station.runtime.request_stop,

@@ -9,7 +9,7 @@ refused with a suggestion, a bad value with one line naming the key and what it
 expects. :func:`open_station` composes what the config names -- the frame source, the
 local store (every decision is written there first), one outbox worker per sink, the
 reject signal to the line, the line inputs (recipe and trigger over MQTT or Modbus),
-sync to blob storage -- around an :class:`~lineguard.edge.runtime.EdgeRuntime`, so
+sync to blob storage, a challenger model in shadow (:mod:`lineguard.edge.shadow`) -- around an :class:`~lineguard.edge.runtime.EdgeRuntime`, so
 ``lineguard edge run`` and ``lineguard serve`` build the same station.
 
 Imports pydantic and PyYAML besides the edge; never the training side.
@@ -36,14 +36,17 @@ from lineguard import LineguardError
 from lineguard.edge.runtime import EdgeRuntime, RunSummary, RuntimeSettings
 
 if TYPE_CHECKING:
-    from lineguard.edge.bundle import Bundle
+    from lineguard.edge.bundle import Bundle, BundleLimits
     from lineguard.edge.predictor import Predictor
+    from lineguard.edge.shadow import ShadowRunner, ShadowSlot
+    from lineguard.edge.signing import Trust
     from lineguard.edge.sources import FrameSource
     from lineguard.edge.store import PredictionRecord
 
 __all__ = [
     "ApiConfig",
     "ControlConfig",
+    "ShadowConfig",
     "SinkConfig",
     "SourceConfig",
     "Station",
@@ -170,6 +173,24 @@ class SyncConfig(_Section):
     batch: int = Field(500, ge=1, le=100_000)
 
 
+class ShadowConfig(_Section):
+    """``shadow:`` -- a challenger bundle that decides every frame beside the champion, never acting on the line.
+
+    ``bundle`` starts one with the station (else one can be installed over the API);
+    ``digest`` pins it; ``queue_size`` bounds the frames waiting for it (more are skipped and
+    counted, never waited for); ``threads`` is its ONNX Runtime thread count and ``nice`` how
+    much lower its worker's CPU priority is than the champion's. ``enabled: false`` turns
+    shadow mode off (the API then refuses to install one).
+    """
+
+    enabled: bool = True
+    bundle: str | None = None
+    digest: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+    queue_size: int = Field(32, ge=1, le=4096)
+    threads: int = Field(1, ge=1, le=16)
+    nice: int = Field(10, ge=0, le=19)
+
+
 class ApiConfig(_Section):
     """``api:`` -- the station's HTTP API (``lineguard serve``)."""
 
@@ -181,7 +202,7 @@ class ApiConfig(_Section):
 
 
 class StationConfig(_Section):
-    """``station.yaml``: one station -- its name, bundle, recipe, mode, source, store, sinks, line inputs, sync, API."""
+    """``station.yaml``: one station -- name, bundle, recipe, mode, source, store, sinks, line inputs, sync, shadow, API."""
 
     station: str = "station"
     bundle: str | None = None
@@ -199,6 +220,7 @@ class StationConfig(_Section):
     controls: list[ControlConfig] = []
     store: StoreConfig = StoreConfig()
     sync: SyncConfig = SyncConfig()
+    shadow: ShadowConfig = ShadowConfig()
     api: ApiConfig = ApiConfig()
 
     @field_validator("station")
@@ -357,40 +379,50 @@ class StoreRecorder:
     Each decision is one store transaction with an outbox row per sink (``sinks``); a
     sink the reject signal already reached is recorded as sent. The frame is encoded to
     PNG only when the store's sampling (and disk) policy wants its image. The outbox
-    workers are woken after each record so deliveries leave at once.
+    workers are woken after each record so deliveries leave at once. Once committed, each
+    decision is offered to the challenger in ``shadow`` (a :class:`~lineguard.edge.shadow.ShadowSlot`),
+    which only queues it: the champion's path never waits for the challenger.
     """
 
-    def __init__(self, store: Any, sinks: Sequence[str] = (), workers: Sequence[Any] = ()) -> None:
+    def __init__(self, store: Any, sinks: Sequence[str] = (), workers: Sequence[Any] = (),
+                 shadow: ShadowSlot | None = None) -> None:
         self.store = store
         self.sinks = tuple(sinks)
         self.workers = tuple(workers)
+        self.shadow = shadow
 
     def _png(self, rec: PredictionRecord, image: np.ndarray | None) -> bytes | None:
         return encode_png(image) if image is not None and self.store.wants_image(rec) else None
 
     def record(self, rec: PredictionRecord, image: np.ndarray | None, sent: Sequence[str] = ()) -> None:
         pending = [s for s in self.sinks if s not in sent] if sent else self.sinks
-        self.store.record(rec, self._png(rec, image), sinks=pending, sent=tuple(sent))
+        rid = self.store.record(rec, self._png(rec, image), sinks=pending, sent=tuple(sent))
         self._wake()
+        if self.shadow is not None:
+            self.shadow.offer(rid, rec, image)
 
     def record_batch(self, items: Sequence[tuple[PredictionRecord, np.ndarray | None, Sequence[str]]]) -> None:
         """Several decisions, in order: one transaction per run of decisions with the same ``sent``."""
         run: list[tuple[PredictionRecord, bytes | None]] = []
         run_sent: tuple[str, ...] = ()
+        ids: list[int] = []
         for rec, image, sent in items:
             sent = tuple(sent)
             if run and sent != run_sent:
-                self._commit(run, run_sent)
+                ids += self._commit(run, run_sent)
                 run = []
             run_sent = sent
             run.append((rec, self._png(rec, image)))
         if run:
-            self._commit(run, run_sent)
+            ids += self._commit(run, run_sent)
         self._wake()
+        if self.shadow is not None:
+            for rid, (rec, image, _) in zip(ids, items, strict=True):
+                self.shadow.offer(rid, rec, image)
 
-    def _commit(self, run: Sequence[tuple[PredictionRecord, bytes | None]], sent: tuple[str, ...]) -> None:
+    def _commit(self, run: Sequence[tuple[PredictionRecord, bytes | None]], sent: tuple[str, ...]) -> list[int]:
         pending = [s for s in self.sinks if s not in sent] if sent else self.sinks
-        self.store.record_many(run, sinks=pending, sent=sent)
+        return list(self.store.record_many(run, sinks=pending, sent=sent))
 
     def _wake(self) -> None:
         for w in self.workers:
@@ -421,8 +453,8 @@ class Station:
     """An opened station: call :meth:`run` (blocks until the source ends or :meth:`stop`), then it closes itself.
 
     ``close`` stops the line inputs, lets the outbox deliver for up to ``drain_s`` (what
-    is not delivered stays in the store's outbox for the next start), stops sync and
-    closes sinks, store and source -- in that order.
+    is not delivered stays in the store's outbox for the next start), stops the challenger
+    in shadow, stops sync and closes sinks, store and source -- in that order.
     """
 
     config: StationConfig
@@ -433,6 +465,7 @@ class Station:
     workers: list[Any] = field(default_factory=list)
     sync: Any = None
     controls: list[Any] = field(default_factory=list)
+    shadow_slot: ShadowSlot | None = None
     _started: bool = False
     _closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -479,6 +512,8 @@ class Station:
             except Exception as exc:
                 log.warning("outbox drain for %s: %s", getattr(w, "sink", w), exc)
             _quietly(w.stop)
+        if self.shadow_slot is not None:
+            _quietly(self.shadow_slot.close)
         if self.sync is not None:
             _quietly(self.sync.stop)
         for s in self.sinks:
@@ -491,6 +526,11 @@ class Station:
     def monitor(self) -> Any:
         """The runtime's drift monitor (a thread-safe view), or None."""
         return self.runtime.monitor
+
+    @property
+    def shadow(self) -> ShadowRunner | None:
+        """The challenger running in shadow, or None."""
+        return self.shadow_slot.runner if self.shadow_slot is not None else None
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -532,12 +572,16 @@ def _open_monitor(config: StationConfig, predictor: Predictor) -> Any:
 
 
 def open_station(config: StationConfig, bundle: Bundle | Predictor | str | Path | None = None, *,
-                 source: FrameSource | None = None) -> Station:
+                 source: FrameSource | None = None, trust: Trust | None = None,
+                 bundle_limits: BundleLimits | None = None) -> Station:
     """Open everything ``config`` names around one :class:`EdgeRuntime`; nothing runs until ``Station.run()``.
 
     ``bundle`` defaults to ``config.bundle``; ``source`` (a ready source, e.g. the API's
-    :class:`~lineguard.edge.sources.PushSource`) replaces ``config.source.input``. On any
-    error, what was already opened is closed again.
+    :class:`~lineguard.edge.sources.PushSource`) replaces ``config.source.input``; ``trust``
+    and ``bundle_limits`` apply to the challenger in shadow (as the champion's slot applies
+    them). A challenger that cannot be loaded does not stop the station: it runs without
+    one, and the log and ``GET /v1/shadow`` say why. On any other error, what was already
+    opened is closed again.
     """
     from lineguard.edge.outbox import OutboxWorker
     from lineguard.edge.sinks import SinkSpec, open_sink
@@ -578,7 +622,10 @@ def open_station(config: StationConfig, bundle: Bundle | Predictor | str | Path 
             sinks.append(sink)
         workers = [OutboxWorker(store, s) for s in sinks]
         signal = _reject_signal(sinks)
-        recorder = StoreRecorder(store, [s.name for s in sinks], workers)
+        shadow = _open_shadow(config, store, trust, bundle_limits)
+        if shadow is not None:
+            opened.append(shadow)
+        recorder = StoreRecorder(store, [s.name for s in sinks], workers, shadow)
         from lineguard.edge.predictor import Predictor
 
         predictor = bundle if isinstance(bundle, Predictor) else Predictor(bundle, threads=config.threads)
@@ -599,11 +646,27 @@ def open_station(config: StationConfig, bundle: Bundle | Predictor | str | Path 
         if isinstance(source, FolderSource):
             log.info("folder ledger: %s", source.ledger_path)
         return Station(config=config, runtime=runtime, source=source, store=store, sinks=sinks, workers=workers,
-                       sync=sync, controls=controls)
+                       sync=sync, controls=controls, shadow_slot=shadow)
     except BaseException:
         for thing in reversed(opened):
             _quietly(getattr(thing, "close", None))
         raise
+
+
+def _open_shadow(config: StationConfig, store: Any, trust: Trust | None, limits: BundleLimits | None
+                 ) -> ShadowSlot | None:
+    """The station's shadow slot, with ``shadow.bundle`` running in it when set (a refusal is logged, not raised)."""
+    from lineguard.edge.shadow import ShadowError, ShadowSlot
+
+    sc = config.shadow
+    slot = ShadowSlot(store, upload_dir=config.state_path / f"{config.station}.shadow", queue_size=sc.queue_size,
+                      threads=sc.threads, nice=sc.nice, enabled=sc.enabled, trust=trust, limits=limits)
+    if sc.enabled and sc.bundle:
+        try:
+            slot.install(sc.bundle, expected_digest=sc.digest)
+        except ShadowError as exc:  # the challenger never acts on the line: a bad one must not stop it either
+            log.error("shadow: %s; the station runs without a challenger", exc)
+    return slot
 
 
 def _reject_signal(sinks: Sequence[Any]) -> Any:

@@ -2,7 +2,8 @@
 
 One SQLite database in WAL mode (stdlib :mod:`sqlite3`) holds the prediction records
 of DESIGN.md, the sampled images, operator feedback, the outbox the sinks deliver from
-(:mod:`lineguard.edge.outbox`) and the sync state (:mod:`lineguard.edge.sync`). Each
+(:mod:`lineguard.edge.outbox`), the sync state (:mod:`lineguard.edge.sync`) and the
+shadow comparisons of a challenger model (:mod:`lineguard.edge.shadow`). Each
 :meth:`Store.record` is ONE transaction: the prediction row, its image when sampled,
 and one outbox row per sink commit together or not at all, so a ``kill -9`` at any
 instant leaves either the whole record or none of it, and a record is acknowledged
@@ -22,6 +23,10 @@ before the cut may be rolled back, but the database stays consistent. ``FULL`` a
 fsyncs the WAL on every commit, so an acknowledged record survives power loss too (on
 storage that honours flushes), at the cost of one fsync per decision. ``docs/runtime.md``
 ("The local store") states the policy in full, including the disk-full one.
+
+Schema versions: a store written by an older LineGuard is migrated in place when it is
+opened (one transaction; version 1 -> 2 adds the ``shadow`` table); one written by a
+newer LineGuard is refused.
 
 Imports the standard library only.
 """
@@ -48,11 +53,12 @@ __all__ = [
     "SCHEMA_VERSION",
     "PredictionRecord",
     "SamplePolicy",
+    "ShadowResult",
     "Store",
     "StoreError",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DECISIONS = ("accept", "reject")  # lineguard.edge.predictor ACCEPT / REJECT
 SYNCHRONOUS = ("NORMAL", "FULL")
 SAMPLING_LEVELS = ("full", "no_passes", "rejects_only", "none")  # best to worst
@@ -124,6 +130,24 @@ CREATE TABLE sync_batches (
     PRIMARY KEY (kind, first_id)
 );
 """
+
+# Version 2: what a challenger bundle running in shadow (lineguard.edge.shadow) made of each champion decision
+# it compared -- one row per compared frame, keyed by the champion's prediction row. Other tools read it by SQL
+# (lineguard monitor report, lineguard monitor select): keep the names.
+_SHADOW_SCHEMA = """
+CREATE TABLE shadow (
+    prediction_id INTEGER PRIMARY KEY,
+    bundle_version TEXT NOT NULL,
+    score REAL NOT NULL,
+    decision TEXT NOT NULL,
+    agree INTEGER NOT NULL,
+    time REAL NOT NULL
+);
+CREATE INDEX shadow_disagreements ON shadow (agree, prediction_id);
+"""
+
+# What opening a store of version k-1 runs to reach version k (in one transaction with the version bump).
+_MIGRATIONS: dict[int, str] = {2: _SHADOW_SCHEMA}
 
 # Counters kept in the meta table (they survive restarts; /metrics reads them).
 _COUNTERS = (
@@ -206,6 +230,34 @@ class PredictionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowResult:
+    """What a challenger in shadow made of one champion decision: one row of the ``shadow`` table.
+
+    ``prediction_id`` is the champion's row in ``predictions``; ``bundle_version`` the
+    challenger's; ``score`` and ``decision`` the challenger's on the same frame; ``agree``
+    whether its decision is the champion's; ``time`` unix seconds when it was compared.
+    """
+
+    prediction_id: int
+    bundle_version: str
+    score: float
+    decision: str
+    agree: bool
+    time: float
+
+    def __post_init__(self) -> None:
+        if int(self.prediction_id) < 1:
+            raise StoreError(f"a shadow result needs the champion's prediction id (>= 1), got {self.prediction_id}")
+        if not self.bundle_version or len(self.bundle_version) > 200:
+            raise StoreError(f"the challenger's bundle_version must be 1-200 characters, got {self.bundle_version!r}")
+        if self.decision not in DECISIONS:
+            raise StoreError(f"decision '{self.decision}' is not one of {', '.join(DECISIONS)}")
+        for name in ("score", "time"):
+            if not math.isfinite(getattr(self, name)):
+                raise StoreError(f"{name} must be a finite number, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class SamplePolicy:
     """Which frames keep their image: every reject, frames near the threshold, a share of passes.
 
@@ -245,10 +297,15 @@ class SamplePolicy:
         return int.from_bytes(digest, "big") < self.pass_share * 2**64
 
 
+# Why an image was kept besides the sample policy: the challenger in shadow decided the frame otherwise
+# (lineguard.edge.shadow); such frames are the ones worth labelling, so the disk policy ranks them with
+# the low-confidence ones.
+SHADOW_REASON = "shadow_disagreement"
+
 # Which image reasons each sampling level still keeps (the disk-full policy).
 _KEEPS = {
-    "full": ("reject", "low_confidence", "pass"),
-    "no_passes": ("reject", "low_confidence"),
+    "full": ("reject", "low_confidence", SHADOW_REASON, "pass"),
+    "no_passes": ("reject", "low_confidence", SHADOW_REASON),
     "rejects_only": ("reject",),
     "none": (),
 }
@@ -412,7 +469,7 @@ class Store:
                     raise StoreError(f"'{self.path}' is an SQLite database but not a LineGuard store "
                                      f"(it has tables {', '.join(r[0] for r in others[:5])}, no 'meta')")
                 db.execute("BEGIN IMMEDIATE")
-                for stmt in _SCHEMA.split(";"):
+                for stmt in (_SCHEMA + _SHADOW_SCHEMA).split(";"):
                     if stmt.strip():
                         db.execute(stmt)
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -432,6 +489,36 @@ class Store:
                              f"LineGuard; this one reads up to version {SCHEMA_VERSION}")
         if version < 1:
             raise StoreError(f"the store '{self.path}' has no valid schema version in its meta table")
+        if version < SCHEMA_VERSION:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older store to :data:`SCHEMA_VERSION` in place: one transaction, every row kept.
+
+        The version is read again inside the write transaction, so two processes opening the same
+        old store at once migrate it once. A failure rolls back to the old version untouched.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for stmt in _MIGRATIONS[target].split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+            db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            db.execute("INSERT INTO meta VALUES ('migrated_from', ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                       (str(version),))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise StoreError(f"cannot migrate the store '{self.path}' to schema version {SCHEMA_VERSION} "
+                             f"(SQLite says: {exc}); it is unchanged -- check that its folder is writable") from None
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
 
     def _load_pending(self) -> dict[str, int]:
         rows = self._db.execute(
@@ -653,6 +740,71 @@ class Store:
                 self._pending[sink] = self._pending.get(sink, 0) + 1
         return len(added)
 
+    def wants_shadow_image(self, prediction_id: int) -> bool:
+        """Should the shadow worker encode this frame's image? Not when the frame already has one, nor when
+        the disk policy no longer keeps disagreements (the PNG would be encoded for nothing)."""
+        if SHADOW_REASON not in _KEEPS[self.sampling_level()]:
+            return False
+        with self.read() as con:
+            return con.execute("SELECT 1 FROM images WHERE prediction_id=?", (int(prediction_id),)).fetchone() is None
+
+    def record_shadow(self, results: Sequence[tuple[ShadowResult, bytes | None]]) -> dict[str, int]:
+        """Write a challenger's comparisons in ONE transaction; returns ``written``, ``images`` and ``skipped``.
+
+        One ``shadow`` row per result (idempotent on ``prediction_id``; a result whose prediction
+        is gone -- retention -- is skipped and counted in ``skipped``). A disagreement's PNG, when
+        given, is kept as the frame's image with reason ``shadow_disagreement`` unless the frame
+        already has one or the disk policy refuses it (counted in ``images_skipped_disk``); on
+        "disk full" the rows go in without their images.
+        """
+        rows: list[tuple[ShadowResult, bytes | None]] = []
+        for res, image_png in results:
+            if image_png is not None and not image_png.startswith(PNG_MAGIC):
+                raise StoreError(f"the image for shadow result {res.prediction_id} is not a PNG")
+            rows.append((res, image_png if not res.agree else None))
+        if not rows:
+            return {"written": 0, "images": 0, "skipped": 0}
+        keep = any(img is not None for _, img in rows) and SHADOW_REASON in _KEEPS[self.sampling_level()]
+        try:
+            return self._shadow_tx(rows, keep)
+        except sqlite3.Error as exc:
+            if not (keep and _is_full_error(exc)):
+                self._last_write_error = f"{type(exc).__name__}: {exc}"
+                raise StoreError(f"cannot write {len(rows)} shadow result(s) to the store '{self.path}': {exc}") from None
+            self._full_since = self._full_since or self.clock()
+            try:
+                return self._shadow_tx(rows, False)
+            except sqlite3.Error as exc2:
+                self._last_write_error = f"{type(exc2).__name__}: {exc2}"
+                raise StoreError(f"cannot write shadow results to the store '{self.path}': {exc2}") from None
+
+    def _shadow_tx(self, rows: Sequence[tuple[ShadowResult, bytes | None]], keep_images: bool) -> dict[str, int]:
+        out = {"written": 0, "images": 0, "skipped": 0}
+        refused = 0
+        with self.transaction() as db:
+            for res, image in rows:
+                cur = db.execute(
+                    "INSERT INTO shadow (prediction_id, bundle_version, score, decision, agree, time)"
+                    " SELECT ?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM predictions WHERE id=?)"
+                    " ON CONFLICT (prediction_id) DO NOTHING",
+                    (int(res.prediction_id), res.bundle_version, float(res.score), res.decision, int(bool(res.agree)),
+                     float(res.time), int(res.prediction_id)))
+                if cur.rowcount != 1:
+                    out["skipped"] += 1
+                    continue
+                out["written"] += 1
+                if image is None:
+                    continue
+                if not keep_images:
+                    refused += 1
+                    continue
+                out["images"] += db.execute(
+                    "INSERT INTO images VALUES (?,?,?,?) ON CONFLICT (prediction_id) DO NOTHING",
+                    (int(res.prediction_id), SHADOW_REASON, len(image), image)).rowcount
+            if refused:
+                self._bump(db, "images_skipped_disk", refused)
+        return out
+
     def add_feedback(self, prediction_id: int, label: str, *, source: str = "operator", note: str = "") -> int:
         """Record an operator's true label for a prediction; returns the feedback id (sync uploads it)."""
         label = str(label).strip()
@@ -746,6 +898,29 @@ class Store:
             cur = con.execute(sql + " ORDER BY id LIMIT ?", (*args, int(limit)))
             return [self._row_dict(cur, r) for r in cur.fetchall()]
 
+    def shadow_rows(self, *, disagreements_only: bool = False, since_id: int = 0,
+                    limit: int = 1000) -> list[dict[str, Any]]:
+        """Shadow comparisons in prediction-id order after ``since_id``, each beside the champion's decision.
+
+        Each row: the ``shadow`` columns (``agree`` as a bool), the frame's ``recipe``, the
+        champion's ``champion_score``, ``champion_decision`` and ``champion_version``, and
+        ``image`` (whether the frame's image is kept). ``disagreements_only`` keeps the frames
+        worth labelling. Page on with ``since_id`` = the last ``prediction_id`` seen.
+        """
+        if not 1 <= int(limit) <= 10_000:
+            raise StoreError(f"limit must be between 1 and 10,000, got {limit}")
+        sql = ("SELECT s.prediction_id, s.bundle_version, s.score, s.decision, s.agree, s.time, p.recipe,"
+               " p.score AS champion_score, p.decision AS champion_decision, p.bundle_version AS champion_version,"
+               " EXISTS (SELECT 1 FROM images i WHERE i.prediction_id = s.prediction_id) AS image"
+               " FROM shadow s JOIN predictions p ON p.id = s.prediction_id WHERE s.prediction_id > ?"
+               + (" AND s.agree = 0" if disagreements_only else "") + " ORDER BY s.prediction_id LIMIT ?")
+        with self.read() as con:
+            cur = con.execute(sql, (int(since_id), int(limit)))
+            rows = [self._row_dict(cur, r) for r in cur.fetchall()]
+        for row in rows:
+            row["agree"] = bool(row["agree"])
+        return rows
+
     def meta(self) -> dict[str, str]:
         """The meta table (schema version, creation time, persistent counters)."""
         with self.read() as con:
@@ -762,6 +937,7 @@ class Store:
             for sink, status, n in con.execute("SELECT sink, status, COUNT(*) FROM outbox GROUP BY sink, status"):
                 outbox.setdefault(str(sink), {"pending": 0, "sent": 0, "dead": 0})[str(status)] = int(n)
             feedback = int(con.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+            compared, agreed = con.execute("SELECT COUNT(*), COALESCE(SUM(agree), 0) FROM shadow").fetchone()
             meta = {str(k): str(v) for k, v in con.execute("SELECT key, value FROM meta")}
         return {
             "predictions": sum(by_decision.values()),
@@ -769,6 +945,7 @@ class Store:
             "images": images,
             "feedback": feedback,
             "outbox": outbox,
+            "shadow": {"compared": int(compared), "disagreements": int(compared) - int(agreed)},
             **{name: int(meta.get(name, "0")) for name in _COUNTERS},
         }
 
@@ -892,6 +1069,7 @@ class Store:
 
         Age: predictions (with their images), feedback and delivered/dead outbox rows older
         than ``retention_days`` -- except records a Sync has not uploaded yet, which are held.
+        A prediction's shadow comparison goes with it.
         Size: while the data exceed ``max_bytes``, the oldest images go first (already
         uploaded ones before the others), then the oldest rows; anything removed before
         its upload is counted in ``retention_unsynced``. Pending outbox rows are never
@@ -920,6 +1098,7 @@ class Store:
                     break
                 marks = ",".join("?" * len(ids))
                 out["images"] += db.execute(f"DELETE FROM images WHERE prediction_id IN ({marks})", ids).rowcount
+                db.execute(f"DELETE FROM shadow WHERE prediction_id IN ({marks})", ids)
                 out["predictions"] += db.execute(f"DELETE FROM predictions WHERE id IN ({marks})", ids).rowcount
                 self._bump(db, "retention_predictions", len(ids))
         with self.transaction() as db:
@@ -961,6 +1140,7 @@ class Store:
                         marks = ",".join("?" * len(ids))
                         out["images"] += db.execute(f"DELETE FROM images WHERE prediction_id IN ({marks})",
                                                     ids).rowcount
+                        db.execute(f"DELETE FROM shadow WHERE prediction_id IN ({marks})", ids)
                         gone = db.execute(f"DELETE FROM predictions WHERE id IN ({marks})", ids).rowcount
                         out["predictions"] += gone
                         self._bump(db, "retention_predictions", gone)

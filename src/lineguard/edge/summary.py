@@ -23,6 +23,9 @@ it is ``available`` and why not:
   store's records and the bundle's reference) and, when the station runs a monitor
   (``station.monitor``, :class:`lineguard.monitor.Monitor`), its CUSUM level over time
   against the alarm threshold, and the alarms with the stored frame nearest each;
+- ``outputs``: per recipe, the score distribution and reject rate of the current model's
+  recent decisions against the bundle's validation scores and against the previous model's
+  last decisions on this line, each with a verdict (:mod:`lineguard.monitor.outputs`);
 - ``shadow``: the challenger's agreement when the station runs one (``station.shadow``
   with a ``status()`` dict).
 
@@ -48,6 +51,8 @@ DEFAULT_SHIFTS = (6, 14, 22)
 HIST_BINS = 20
 MAX_SHIFTS = 9  # shifts listed in per_shift (the newest)
 MAX_ALARMS = 20  # alarm groups (signal, direction) listed
+OUTPUT_VERSIONS = 3  # bundle versions whose recent decisions are kept for the output comparison
+OUTPUT_RECIPES = 64  # recipes kept per version (a bound against a store full of made-up names)
 ALARM_FRAME_LOOKAHEAD = 500  # rows searched after an alarm's time for a frame with a kept image
 
 
@@ -72,7 +77,8 @@ class DashboardSummary:
     resolution and length of the signals over time; ``max_rows_per_refresh`` bounds the
     rows one refresh reads (a first read of a large store is spread over several polls).
     ``level_len`` is how many samples of the monitor's CUSUM levels are kept (one per change
-    seen by a poll).
+    seen by a poll); ``output_window`` how many recent decisions per recipe and bundle version the
+    output comparison holds (of the newest :data:`OUTPUT_VERSIONS` versions).
     """
 
     def __init__(
@@ -88,13 +94,16 @@ class DashboardSummary:
         level_len: int = 300,
         page: int = 1000,
         max_rows_per_refresh: int = 20_000,
+        output_window: int = 1000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         from lineguard.monitor.kpi import KpiBook, check_shifts
 
-        if recent < 10 or series_len < 2 or page < 1 or max_rows_per_refresh < page or series_width_s <= 0:
+        if (recent < 10 or series_len < 2 or page < 1 or max_rows_per_refresh < page or series_width_s <= 0
+                or output_window < 100):
             raise LineguardError("summary settings: recent >= 10, series_len >= 2, page >= 1, "
-                                 "max_rows_per_refresh >= page and series_width_s > 0 are expected")
+                                 "max_rows_per_refresh >= page, series_width_s > 0 and output_window >= 100 "
+                                 "are expected")
         self.station = station
         self.lookback_s = float(lookback_s)
         self.shifts = check_shifts(shifts)
@@ -120,6 +129,10 @@ class DashboardSummary:
         self._levels: deque[tuple[float, dict[str, float]]] = deque(maxlen=int(level_len))
         self._alarm_frames: dict[tuple[str, float], int | None] = {}
         self._cached: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self.output_window = int(output_window)
+        # version -> recipe -> the newest (score, rejected); versions in the order last seen
+        self._outputs: OrderedDict[str, dict[str | None, deque[tuple[float, bool]]]] = OrderedDict()
+        self._validation: tuple[str, Any] | None = None  # (bundle digest, its validation scores or None)
 
     # --- reading the store -------------------------------------------------------------------------
 
@@ -143,6 +156,22 @@ class DashboardSummary:
         self._series.clear()
         self._feedback_after = 0
         self._feedback.clear()
+        self._outputs.clear()
+
+    def _add_output(self, version: str, recipe: str | None, score: float, rejected: bool) -> None:
+        per = self._outputs.get(version)
+        if per is None:
+            per = self._outputs[version] = {}
+            while len(self._outputs) > OUTPUT_VERSIONS:
+                self._outputs.popitem(last=False)
+        elif next(reversed(self._outputs)) != version:
+            self._outputs.move_to_end(version)
+        ring = per.get(recipe)
+        if ring is None:
+            if len(per) >= OUTPUT_RECIPES:
+                return
+            ring = per[recipe] = deque(maxlen=self.output_window)
+        ring.append((score, rejected))
 
     def _add(self, row: dict[str, Any]) -> None:
         score = _finite(row.get("score"))
@@ -153,6 +182,7 @@ class DashboardSummary:
         recipe = row.get("recipe")
         self._kpi.add(t, recipe, str(row.get("bundle_version", "")), score, rejected)
         self._scores.append((score, rejected, recipe))
+        self._add_output(str(row.get("bundle_version", "")), recipe, score, rejected)
         self._rows += 1
         self._first_time = t if self._first_time is None else min(self._first_time, t)
         stats = row.get("stats") or {}
@@ -235,9 +265,11 @@ class DashboardSummary:
             self._read_predictions(store)
             self._read_feedback(store)
             mon = getattr(self.station, "monitor", None)
+            shadow = getattr(self.station, "shadow", None)  # its comparisons land after the decisions they follow
             key = (self._last_id, self._feedback_after, self._caught_up, self.station.runtime.recipe,
                    self.station.slot.info().get("generation"), getattr(mon, "frames", None),
-                   getattr(mon, "alarm_count", None))
+                   getattr(mon, "alarm_count", None), id(shadow) if shadow is not None else None,
+                   getattr(shadow, "compared", None), getattr(shadow, "skipped", None))
             if self._cached is not None and self._cached[0] == key:
                 return self._cached[1]
             monitor = self._monitor_status()
@@ -257,6 +289,7 @@ class DashboardSummary:
                 "estimate": self._estimate(drifting),
                 "feedback": self._feedback_section(drifting),
                 "drift": self._drift(monitor, store),
+                "outputs": self._outputs_section(),
                 "shadow": self._shadow(),
             }
             self._cached = (key, body)
@@ -426,6 +459,38 @@ class DashboardSummary:
                     "alarms_total": monitor.get("alarms_total"), "arl0": monitor.get("arl0"),
                     "frames": monitor.get("frames")})
         return out
+
+    def _validation_scores(self) -> Any:
+        """The running bundle's validation scores (read once per bundle), or None when it ships none."""
+        from lineguard.monitor.outputs import validation_scores
+
+        b = self._bundle()
+        key = str(getattr(b, "digest", "") or id(b))
+        if self._validation is None or self._validation[0] != key:
+            try:
+                found = validation_scores(b)
+            except LineguardError:
+                found = None
+            self._validation = (key, found)
+        return self._validation[1]
+
+    def _outputs_section(self) -> dict[str, Any]:
+        """Per recipe, the current model's recent decisions against its validation scores and the previous model's."""
+        from lineguard.monitor.outputs import output_report
+
+        b = self._bundle()
+        current = str(b.version)
+        rows: list[tuple[float, bool, str | None, str]] = []
+        for version, per in self._outputs.items():  # oldest version first: the previous one is the newest other
+            if version == current:
+                continue
+            rows += [(sc, rj, recipe, version) for recipe, ring in per.items() for sc, rj in ring]
+        rows += [(sc, rj, recipe, current) for recipe, ring in self._outputs.get(current, {}).items() for sc, rj in ring]
+        if not rows:
+            return {"available": False, "reason": "no decisions yet", "per_recipe": []}
+        return output_report(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), [r[2] for r in rows],
+                             [r[3] for r in rows], current_version=current, threshold_for=b.decision.threshold_for,
+                             validation=self._validation_scores(), window=self.output_window)
 
     def _shadow(self) -> dict[str, Any]:
         shadow = getattr(self.station, "shadow", None)

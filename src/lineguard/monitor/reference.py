@@ -11,7 +11,8 @@ read back on the edge with :func:`load_reference`. It holds
   recipes; clipped because a single freak frame must not be able to raise an alarm;
 - a PCA of the model's embedding (mean, ``k`` components, eigenvalues): the Mahalanobis
   distance in that subspace and the reconstruction error are two more signals;
-- the calibrated scores and labels of the validation split (for score tests and ATC) and
+- the calibrated scores, labels and recipes of the validation split (for score tests, the
+  reject rate a recipe's threshold gives -- :mod:`lineguard.monitor.outputs` -- and ATC) and
   the training prior (the defect share), for the label-free performance estimate;
 - the calibrated detector thresholds (:mod:`lineguard.monitor.calibrate`), when export
   calibrated them.
@@ -112,6 +113,7 @@ class Reference:
     pca: Pca | None = None
     val_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     val_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # 1 = defect
+    val_recipes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.str_))  # empty: exported without them
     prior: float = float("nan")  # defect share of the training split
     calibration: dict[str, np.ndarray] = field(default_factory=dict)  # k, h, arl0 (see calibrate.py)
     embedding_coords: np.ndarray | None = None  # n x k whitened PCA coordinates of the reference (for MMD)
@@ -180,6 +182,8 @@ class Reference:
             "monitor_val_scores": self.val_scores.astype(np.float64),
             "monitor_val_labels": self.val_labels.astype(np.int64),
         }
+        if len(self.val_recipes) and len(self.val_recipes) == len(self.val_scores):
+            out["monitor_val_recipes"] = np.asarray(self.val_recipes).astype(np.str_)
         for key, value in self.calibration.items():
             out[f"monitor_cal_{key}"] = np.asarray(value)
         if self.pca is not None:
@@ -227,6 +231,7 @@ class Reference:
                 pca=pca,
                 val_scores=np.asarray(arrays.get("monitor_val_scores", np.zeros(0)), np.float64),
                 val_labels=np.asarray(arrays.get("monitor_val_labels", np.zeros(0)), np.int64),
+                val_recipes=np.asarray(arrays.get("monitor_val_recipes", np.zeros(0, np.str_))).astype(str),
                 prior=float(arrays.get("monitor_prior", np.array(np.nan))),
                 calibration={k[len("monitor_cal_"):]: np.asarray(v) for k, v in arrays.items()
                              if k.startswith("monitor_cal_")},
@@ -244,6 +249,9 @@ class Reference:
             raise MonitorError(f"{source}: monitor_scale and monitor_spread must be > 0")
         if ref.values.ndim != 2 or ref.values.shape[1] != m or len(ref.value_recipes) != len(ref.values):
             raise MonitorError(f"{source}: monitor_values is {ref.values.shape} for {m} signals")
+        if len(ref.val_recipes) not in (0, len(ref.val_scores)):
+            raise MonitorError(f"{source}: {len(ref.val_recipes)} validation recipes for {len(ref.val_scores)} "
+                               "validation scores")
         return ref
 
 
@@ -266,6 +274,7 @@ def build_reference(
     *,
     val_scores: np.ndarray | None = None,
     val_labels: np.ndarray | None = None,
+    val_recipes: Sequence[str] | np.ndarray | None = None,
     prior: float | None = None,
     names: Sequence[str] = IMAGE_SIGNALS,
     pca_k: int = PCA_K,
@@ -277,7 +286,8 @@ def build_reference(
     The PCA is fitted on ``pca_fit_share`` of the embeddings and every distance / residual
     reference value is out of sample (cross-fitted): in-sample distances are smaller than
     any new frame's, which would look like drift on a clean line. ``val_labels``
-    are 1 for a defect. Recipes with fewer than MIN_RECIPE_IMAGES images use the pooled row.
+    are 1 for a defect; ``val_recipes`` name each validation item's recipe (the output monitor
+    compares a recipe's live scores with its own validation scores). Recipes with fewer than MIN_RECIPE_IMAGES images use the pooled row.
     """
     vals = np.asarray(signal_values, np.float64)
     if vals.ndim != 2 or vals.shape[1] != len(names) or len(vals) < MIN_RECIPE_IMAGES:
@@ -317,9 +327,12 @@ def build_reference(
     vl = np.zeros(0, np.int64) if val_labels is None else np.asarray(val_labels, np.int64)
     if len(vs) != len(vl):
         raise MonitorError(f"{len(vs)} validation scores but {len(vl)} validation labels")
+    vr = np.zeros(0, np.str_) if val_recipes is None else np.asarray(val_recipes).astype(str)
+    if len(vr) not in (0, len(vs)):
+        raise MonitorError(f"{len(vr)} validation recipes for {len(vs)} validation scores")
     if prior is None:
         prior = float(vl.mean()) if len(vl) else float("nan")
-    return Reference(all_names, vals, rec, kept, centre, scale, offset, spread, pca, vs, vl, float(prior),
+    return Reference(all_names, vals, rec, kept, centre, scale, offset, spread, pca, vs, vl, vr, float(prior),
                      embedding_coords=coords)
 
 

@@ -14,7 +14,11 @@ writes a page with no external asset (plots are inline SVG, thumbnails base64 PN
 5. **Drifted and disputed frames** -- thumbnails of the kept frames at each alarm, and of the frames
    whose feedback contradicts the decision;
 6. **KPIs per shift and per bundle version** -- inspected, rejected, expected escapes and false
-   rejects and their cost (:mod:`lineguard.monitor.kpi`), with the counted ones from feedback.
+   rejects and their cost (:mod:`lineguard.monitor.kpi`), with the counted ones from feedback;
+7. **Model outputs against the reference and the previous model** -- per recipe, the newest model's
+   recent score distribution and reject rate against the bundle's validation scores (with ``bundle``)
+   and against the previous bundle version's last decisions, each with a verdict
+   (:mod:`lineguard.monitor.outputs`).
 
 A section with nothing to show says so ("no data") rather than disappearing. Every name that comes
 from the data (recipes, versions, signals, labels, file names) is escaped.
@@ -512,8 +516,8 @@ def _section_accuracy(data: StoreData, positive: str, window: int, replay: _Repl
 def _section_shadow(data: StoreData) -> str:
     out = ["<h2>4. Shadow agreement</h2>"]
     if not data.shadow:
-        return out[0] + ("<p class='nodata'>no data: no challenger model ran in shadow on this station "
-                         "(no shadow table in the store)</p>")
+        why = "no shadow table in the store" if data.shadow is None else "its shadow table is empty"
+        return out[0] + f"<p class='nodata'>no data: no challenger model ran in shadow on this station ({why})</p>"
     index = {int(pid): i for i, pid in enumerate(data.ids)}
     rows = [(index[s["prediction_id"]], s["agree"], s["version"]) for s in data.shadow if s["prediction_id"] in index]
     if not rows:
@@ -581,6 +585,77 @@ def _section_frames(data: StoreData, replay: _Replay | str, positive: str) -> st
         if len(disputed) >= THUMBS:
             break
     out.append(_gallery(data, disputed) if disputed else "<p class='nodata'>no data: no feedback contradicts a decision</p>")
+    return "".join(out)
+
+
+def _score_curve(scores: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    counts = np.histogram(np.clip(scores, edges[0], edges[-1]), bins=edges)[0].astype(float)
+    return np.asarray(counts / max(1.0, counts.sum()))
+
+
+def _section_outputs(data: StoreData, bundle: Any, window: int) -> str:
+    from lineguard.monitor.outputs import MIN_FRAMES, output_report, validation_scores
+
+    out = ["<h2>7. Model outputs against the reference and the previous model</h2>"]
+    if not data.n:
+        return out[0] + "<p class='nodata'>no data</p>"
+    current = str(bundle.version) if bundle is not None else data.version[-1]
+    validation = None
+    if bundle is not None:
+        try:
+            validation = validation_scores(bundle)
+        except (MonitorError, OSError, ValueError) as exc:
+            out.append(f"<p class='note'>the bundle's validation scores cannot be read: {_esc(exc)}</p>")
+    report = output_report(data.score, data.rejected, data.recipe, data.version, current_version=current,
+                           threshold_for=bundle.decision.threshold_for if bundle is not None else None,
+                           validation=validation, window=max(window, MIN_FRAMES))
+    if not report["available"]:
+        return out[0] + f"<p class='nodata'>no data: {_esc(report.get('reason', ''))}</p>"
+    prev = report["previous_version"]
+    out.append(f"<p>The last {report['window']:,} decisions per recipe of version <code>{_esc(current)}</code>"
+               + (f", against version <code>{_esc(prev)}</code>'s last decisions on this line" if prev else
+                  " (no earlier version decided on this line)")
+               + (" and against the bundle's validation scores" if validation is not None else "")
+               + f". Overall: <b>{_esc(report['verdict'])}</b>.</p>")
+    if validation is None:
+        out.append("<p class='note'>" + _esc("Pass --bundle (the bundle that decides now) to compare with its "
+                                              "validation scores." if bundle is None else
+                                              report.get("reference_reason", "")) + "</p>")
+
+    def cells(c: dict[str, Any] | None) -> list[Any]:
+        if not c:
+            return ["–", "–", "–", "–"]
+        st, rt = c.get("scores") or {}, c.get("reject_rate") or {}
+        p = st.get("ks_p_value")
+        return [c["verdict"], "–" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}"),
+                "–" if st.get("psi") is None else f"{st['psi']:.2f}", _pct(rt.get("reference_rate"))]
+
+    rows = [[r["recipe"] or "(none)", f"{r['n']:,}", _pct(r["reject_rate"]), *cells(r.get("reference")),
+             *cells(r.get("previous"))] for r in report["per_recipe"]]
+    out.append(_table(["recipe", "frames", "reject rate", "vs validation", "KS p", "PSI", "expected reject rate",
+                       "vs previous", "KS p", "PSI", "previous reject rate"], rows))
+    notes = [c["message"] for r in report["per_recipe"] for c in (r.get("reference"), r.get("previous"))
+             if c and c["verdict"] not in ("stable",)]
+    if notes:
+        out.append("<ul>" + "".join(f"<li>{_esc(m)}</li>" for m in notes) + "</ul>")
+    edges = np.linspace(0.0, 1.0, 21)
+    centres = (edges[:-1] + edges[1:]) / 2
+    rec = np.array([r or "" for r in data.recipe], dtype=object)
+    ver = np.array(data.version, dtype=object)
+    for r in report["per_recipe"][:6]:
+        name = r["recipe"] or ""
+        mine = np.flatnonzero((ver == current) & (rec == name))[-report["window"]:]
+        series = [(f"version {current}", centres, _score_curve(data.score[mine], edges))]
+        if prev is not None:
+            theirs = np.flatnonzero((ver == prev) & (rec == name))[-report["window"]:]
+            if len(theirs):
+                series.append((f"version {prev}", centres, _score_curve(data.score[theirs], edges)))
+        if validation is not None:
+            vs, _, vr = validation
+            own = vs[vr == name] if len(vr) and int(np.sum(vr == name)) >= 30 else vs
+            series.append(("validation split", centres, _score_curve(own, edges)))
+        out.append(svg_lines(series, title=f"{name or '(none)'}: share of frames per score", x_time=False,
+                             y_label="score (calibrated probability of a defect)"))
     return "".join(out)
 
 
@@ -655,7 +730,8 @@ def render_report(data: StoreData, *, bundle: Any = None, window: int = 500, shi
         head.append(f"<p>Bundle <code>{_esc(bundle.name)}</code> version <code>{_esc(bundle.version)}</code>, "
                     f"defect class <code>{_esc(positive)}</code>.</p>")
     body = [_section_signals(data, replay, bundle), _section_rejects(data), _section_accuracy(data, positive, window, replay),
-            _section_shadow(data), _section_frames(data, replay, positive), _section_kpis(data, bundle, positive, shifts, tz)]
+            _section_shadow(data), _section_frames(data, replay, positive), _section_kpis(data, bundle, positive, shifts, tz),
+            _section_outputs(data, bundle, window)]
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{_esc(title or 'LineGuard monitoring report')}</title><style>{_CSS}</style></head><body>"
