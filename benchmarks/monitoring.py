@@ -27,8 +27,9 @@ What is measured, exactly (also written above the tables in docs/benchmarks.md):
   lamp and belt vary as the items do. It is fed through ``Monitor.update`` frame by frame.
   The pool is large (2,000 frames a recipe by default) because a stream resampled from a
   small pool carries that pool's own sampling error as a persistent shift on top of the
-  reference's: with 400 a recipe the clean stream alarmed 2.2 per 10^5, most of them one
-  recipe's contrast, whose pool mean sat 0.14 sd above the reference's.
+  reference's: with 400 a recipe the clean stream alarmed 2.2 per 10^5, 14 of the 22 on
+  contrast (up), and one recipe's pool mean of contrast sat 0.14 sd above the reference's
+  (0.05 sd is that pool's own sampling error; in a pool of 2,000 a recipe it is gone).
 - **Q4 real images.** ``--real DIR`` (a class-per-folder dataset of DATASETS.md): half the
   ``good`` images build the reference (image signals of the default preprocessing's model
   input, no embedding, one recipe), the other half are the clean stream pool, the same
