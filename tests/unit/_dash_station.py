@@ -71,12 +71,16 @@ class PushRuntime:
         self.start_ms = int(time.time() * 1000)
 
     def submit(self, image: np.ndarray, recipe: str | None = None) -> PredictionRecord:
-        from lineguard.monitor import frame_signals
+        from lineguard.monitor import as_stats, signal_vector
 
         recipe = recipe if recipe is not None else self._recipe
-        pred = self.slot.current().predict(image, recipe=recipe)
+        predictor = self.slot.current()
+        pred = predictor.predict(image, recipe=recipe)
         assert not isinstance(pred, list)
-        stats = {k: float(v) for k, v in frame_signals(image).items()}
+        # As the runtime: the signals its monitor's reference was computed on, else those of the model input.
+        vector = (self.monitor.signals.of_image(image) if self.monitor is not None
+                  else signal_vector(image, predictor.params))
+        stats = as_stats(vector)
         with self._lock:
             self._seq += 1
             rec = PredictionRecord(f"{self.start_ms}-{self._seq}", time.time(), self.station, "api", recipe, pred.label,
@@ -135,7 +139,8 @@ def make_monitor_bundle(out: Any, recipes: tuple[str, ...] = ("vanilla_sprinkles
     images = [cone_frame(2_000_000 + i, synth_recipe(r)) for i, r in enumerate(names)]
     rng = np.random.default_rng(0)
     val = rng.random(100)
-    block, arrays = monitor_reference(images, names, None, val, (rng.random(100) < val).astype(int), 0.1)
+    block, arrays = monitor_reference(images, names, None, val, (rng.random(100) < val).astype(int), 0.1,
+                                      params=base.preprocess)
     g = base.load_arrays("golden.npz")
     expected = {k[len("expected_"):]: v for k, v in g.items() if k.startswith("expected_")}
     return ex.write_bundle(

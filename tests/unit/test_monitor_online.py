@@ -134,7 +134,7 @@ def test_bundle_ships_the_calibrated_reference(tmp_path: Path) -> None:
     images = [draw_cone(np.random.default_rng(i), "vanilla_sprinkles", "good", size=64) for i in range(60)]
     emb = pred.outputs(preprocess_batch(images, b_old.preprocess))["embedding"]
     block, arrays = monitor_reference(images, ["vanilla"] * 60, emb, np.linspace(0, 1, 20),
-                                      np.array([0, 1] * 10), 0.3, arl0=1000.0)
+                                      np.array([0, 1] * 10), 0.3, arl0=1000.0, params=b_old.preprocess)
     meta = b_old.meta
     ref_block = {**meta["reference"], "monitor": block}
     ref_arrays = {**b_old.load_arrays("reference.npz"), **arrays}
@@ -174,4 +174,36 @@ def test_the_monitors_in_place_detectors_equal_the_pure_step(reference: Referenc
             j = reference.names.index(a.signal)
             assert a.since == int(state.upper_since[j] if a.direction == "up" else state.lower_since[j])
     assert mon.alarm_count > 5
+    assert np.allclose(mon.cusum_state.upper, state.upper) and np.allclose(mon.cusum_state.lower, state.lower)
+
+
+@pytest.mark.parametrize("batch", [7, 64])
+def test_a_batched_monitor_raises_the_per_frame_alarms(reference: Reference, batch: int) -> None:
+    """batch > 1 (the closed-form CUSUM over queued frames): the same alarms, frames and starts as
+    drift.cusum_step frame by frame, returned at the latest by the update that completes the batch."""
+    from lineguard.monitor import CusumState, cusum_step
+
+    mon = Monitor(reference, arl0=200, batch=batch)
+    rng = np.random.default_rng(9)
+    state = CusumState.zeros(len(reference.names))
+    expected: list[tuple[int, str, str, int]] = []
+    got: list[tuple[int, str, str, int]] = []
+    for i in range(3000):
+        recipe = "vanilla" if (i // 450) % 2 == 0 else "chocolate"  # recipe changes inside batches too
+        x, e = _frame(rng, recipe, shift=0.8 if i % 700 > 500 else 0.0)
+        if i % 997 == 0:
+            x[3] = np.nan  # a missing signal never fires
+        delivered = mon.update(x, e if i % 301 else None, None, recipe)
+        assert all(i - batch < a.frame <= i for a in delivered)
+        got += [(a.frame, a.signal, a.direction, a.since) for a in delivered]
+        z = reference.standardise(np.append(x, reference.pca.signals(e)[0] if i % 301 else [np.nan, np.nan]),
+                                  reference.row(recipe))
+        state, up, down = cusum_step(state, np.nan_to_num(z), mon.k, mon.h)
+        for j in np.flatnonzero(up | down):
+            side_up = bool(up[j])
+            expected.append((i, reference.names[j], "up" if side_up else "down",
+                             int(state.upper_since[j] if side_up else state.lower_since[j])))
+    got += [(a.frame, a.signal, a.direction, a.since) for a in mon.flush()]  # the frames still queued
+    assert len(expected) > 5 and sorted(got) == sorted(expected)
+    assert mon.status()["frames"] == 3000
     assert np.allclose(mon.cusum_state.upper, state.upper) and np.allclose(mon.cusum_state.lower, state.lower)

@@ -35,12 +35,12 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[d
     store = Store(tmp / "edge.db", min_free_bytes=0)
     rt = PushRuntime(slot, store, "line1")
     recs = []
-    for i in range(240):  # clean
+    for i in range(240):  # clean, rendered at the size of the reference's cones (make_monitor_bundle)
         recipe = ("vanilla_sprinkles", "chocolate_nuts")[i % 2]
-        recs.append(rt.submit(cone_frame(i, recipe, size=64), recipe).to_dict())
+        recs.append(rt.submit(cone_frame(i, recipe), recipe).to_dict())
     for i in range(240, 360):  # a dirty lens from frame 240
         recipe = ("vanilla_sprinkles", "chocolate_nuts")[i % 2]
-        recs.append(rt.submit(cone_frame(i, recipe, size=64, drift="dirty-lens", severity=0.9), recipe).to_dict())
+        recs.append(rt.submit(cone_frame(i, recipe, drift="dirty-lens", severity=0.9), recipe).to_dict())
     rows = store.predictions(limit=10_000)
     kept = [r for r in rows if r["image"]]
     for j, r in enumerate(kept[:30]):  # feedback: agree on most, contradict every fifth

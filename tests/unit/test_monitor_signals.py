@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,7 +41,8 @@ def test_known_values_on_flat_and_clipped_images() -> None:
     grey = np.full((64, 64, 3), 128, np.uint8)
     s = frame_signals(grey)
     assert s["brightness"] == pytest.approx(128, abs=0.01)
-    assert s["contrast"] == pytest.approx(0, abs=1e-3) and s["sharpness"] == pytest.approx(0, abs=1e-6)
+    # float32 moments: a flat frame's spread reads within a hundredth of a grey level of zero
+    assert s["contrast"] == pytest.approx(0, abs=0.01) and s["sharpness"] == pytest.approx(0, abs=1e-6)
     assert s["saturation"] == 0 and s["colourfulness"] == pytest.approx(0, abs=1e-6)
     white = frame_signals(np.full((64, 64, 3), 255, np.uint8))
     black = frame_signals(np.zeros((64, 64, 3), np.uint8))
@@ -49,7 +51,8 @@ def test_known_values_on_flat_and_clipped_images() -> None:
     red = np.zeros((64, 64, 3), np.uint8)
     red[..., 0] = 200
     r = frame_signals(red)
-    assert r["saturation"] == pytest.approx(1.0) and r["colour_balance"] == pytest.approx(200 / 255)
+    # saturation is (max - min) / (max + 1): HSV's, damped on near-black pixels
+    assert r["saturation"] == pytest.approx(200 / 201, abs=1e-6) and r["colour_balance"] == pytest.approx(200 / 255, abs=1e-5)
     assert r["colourfulness"] > 50
 
 
@@ -72,6 +75,58 @@ def test_stats_round_trip_and_missing_is_nan() -> None:
     s = frame_signals(np.full((8, 8, 3), 10, np.uint8))
     assert np.allclose(vector_from_stats(s), [s[k] for k in IMAGE_SIGNALS])
     assert np.isnan(vector_from_stats({"brightness": 1.0})[1:]).all()
+
+
+def test_the_reference_and_the_edge_compute_the_same_signals_of_an_image(tmp_path: Path) -> None:
+    """One contract: export's reference of an image equals what the edge computes from its predictor's input."""
+    from lineguard.edge import Predictor
+    from lineguard.monitor import Monitor, Reference, reference_from_images
+    from lineguard.monitor.signals import ImageSignals
+    from tests.unit._edge_bundles import make_toy_bundle
+
+    predictor = Predictor(make_toy_bundle(tmp_path / "toy"))
+    params = predictor.params
+    images = [draw_cone(np.random.default_rng(i), "vanilla_sprinkles", "good", size=96) for i in range(40)]
+    reference = reference_from_images(images, None, None, params)
+    _, out = predictor.predict_outputs(images)
+    monitor = Monitor(Reference.from_arrays(reference.to_arrays()), arl0=1000)  # as a bundle ships it
+    assert monitor.signals.params == params
+    edge = np.stack([monitor.signals.of_input(x) for x in out["input"]])
+    assert np.array_equal(edge, reference.values)
+    assert np.array_equal(edge[0], signal_vector(images[0], params))
+    with pytest.raises(SignalError, match="model input of shape"):
+        ImageSignals(params).of_input(out["input"][0][:, :16])
+
+
+def test_the_signals_of_the_model_input_do_not_depend_on_the_cameras_resolution() -> None:
+    """A camera of three times the training images' resolution: the frame's own pixels look blurred, the
+    model input does not (what the reference of a bundle compares with)."""
+    from PIL import Image
+
+    from lineguard.preprocess import PreprocessParams
+
+    params = PreprocessParams(size=(64, 64))
+    sharp = IMAGE_SIGNALS.index("sharpness")
+    for i in range(3):
+        image = draw_cone(np.random.default_rng(i), "vanilla_sprinkles", "good", size=128)
+        big = np.asarray(Image.fromarray(image).resize((384, 384), Image.Resampling.BILINEAR))
+        small, large = signal_vector(image, params), signal_vector(big, params)
+        assert 0.8 < large[sharp] / small[sharp] < 1.2
+        assert abs(large[0] - small[0]) < 1.0 and abs(large[1] - small[1]) < 1.0  # brightness, contrast
+        assert signal_vector(big)[sharp] < 0.3 * signal_vector(image)[sharp]  # frame pixels: not comparable
+
+
+def test_a_grey_models_input_has_no_colour() -> None:
+    from lineguard.preprocess import PreprocessParams, preprocess
+
+    params = PreprocessParams(size=(48, 48), color="grey", mean=(0.45,), std=(0.226,))
+    image = draw_cone(np.random.default_rng(0), "strawberry_drizzle", "good", size=96)
+    s = dict(zip(IMAGE_SIGNALS, signal_vector(image, params), strict=True))
+    assert s["colourfulness"] == pytest.approx(0, abs=0.05) and s["saturation"] == pytest.approx(0, abs=1e-6)
+    assert s["colour_balance"] == pytest.approx(0, abs=1e-6)
+    grey_pixels = preprocess(image, params)[0] * (255 * 0.226) + 255 * 0.45
+    assert s["brightness"] == pytest.approx(float(grey_pixels.mean()), abs=3.0)  # a sample of the pixels
+    assert s["sharpness"] > 0
 
 
 MONITOR_SCRIPT = r"""

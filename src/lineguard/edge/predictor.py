@@ -258,15 +258,18 @@ class Predictor:
     def predict_outputs(
         self, images: Sequence[np.ndarray], recipe: str | Sequence[str | None] | None = None
     ) -> tuple[list[Prediction], dict[str, np.ndarray]]:
-        """Decisions for a batch of decoded images plus every model output (``logits``, ``embedding``).
+        """Decisions for a batch of decoded images plus every model output (``logits``, ``embedding``),
+        and the preprocessed batch itself under ``input``.
 
-        One ONNX call yields both: the monitor's embedding signals cost no second inference.
+        One ONNX call yields both: the monitor's embedding signals cost no second inference, and its
+        image signals are computed on the very input the model saw (no second preprocessing).
         """
         t0 = time.perf_counter()
         batch = list(images)
         if not batch:
             return [], {}
-        out = self._runner.outputs(preprocess_batch(batch, self.params))
+        x = preprocess_batch(batch, self.params)
+        out = {**self._runner.outputs(x), "input": x}
         recipes = _recipes_for(recipe, len(batch))
         ms = (time.perf_counter() - t0) * 1000.0
         preds = [self._decide(row, r, ms, f"item {i}")

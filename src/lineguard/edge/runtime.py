@@ -192,6 +192,7 @@ class EdgeRuntime:
         self.stats_fn = stats_fn
         self._monitor = monitor
         self._mon_lock = threading.Lock()
+        self._input_matches: tuple[Any, ...] = (None, None, False)  # (monitor, predictor, same preprocessing)
         self.on_alarm = on_alarm
         self.alarms_fired = 0
         self._clock = clock
@@ -254,7 +255,8 @@ class EdgeRuntime:
         if self._monitor is not None:
             from lineguard.monitor import Monitor
 
-            fresh = Monitor.from_bundle(predictor.bundle)  # the new model's reference, thresholds and version
+            # the new model's reference, thresholds and version
+            fresh = Monitor.from_bundle(predictor.bundle, batch=self._monitor.batch)
             with self._mon_lock:
                 self._monitor = fresh
         self._predictor = predictor
@@ -308,6 +310,10 @@ class EdgeRuntime:
             ended, error = "error", str(exc)
             raise
         finally:
+            if self._monitor is not None:  # the frames a batching monitor still holds
+                with self._mon_lock:
+                    alarms = self._monitor.flush()
+                self._deliver(alarms, "the end of the stream")
             self._flush()
             self._done.set()
             self.summary = self._summary(ended, error)
@@ -382,11 +388,13 @@ class EdgeRuntime:
         predictor = self._predictor
         with self._lock:
             self.frames += len(frames)
-        embeddings: np.ndarray | None = None
-        if self._monitor is not None:
-            preds, embeddings = self._decide_with_embeddings(predictor, frames, recipe)
+        outputs: dict[str, np.ndarray] = {}
+        monitored = self._monitor is not None
+        if monitored:
+            preds, outputs = self._decide_with_outputs(predictor, frames, recipe)
         else:
             preds = self._decide(predictor, frames, recipe)
+        embeddings, inputs = outputs.get("embedding"), outputs.get("input")
         station, stats_fn = self.settings.station, self.stats_fn
         done: list[Frame] = []
         items: list[tuple[Frame, PredictionRecord, Sequence[str]]] = []
@@ -394,11 +402,13 @@ class EdgeRuntime:
             if pred is None:
                 done.append(frame)  # undecidable (counted, logged): not retried
                 continue
-            stats = frame_stats(frame.image)
+            # Monitored, the record's brightness and contrast are the monitor's (on the model input).
+            stats = {} if monitored else frame_stats(frame.image)
+            if monitored:
+                stats.update(self._watch(frame, pred, recipe, None if embeddings is None else embeddings[i],
+                                         None if inputs is None else inputs[i]))
             if stats_fn is not None:
                 stats.update(stats_fn(frame.image))
-            if self._monitor is not None:
-                stats.update(self._watch(frame, pred, recipe, None if embeddings is None else embeddings[i]))
             rec = PredictionRecord(frame.frame_id, frame.time, station, frame.source, recipe, pred.label,
                                    pred.score, pred.decision, pred.threshold, pred.bundle_name,
                                    pred.bundle_version, pred.latency_ms, stats)
@@ -408,34 +418,51 @@ class EdgeRuntime:
             done.extend(frame for (frame, _, _), ok in zip(items, recorded, strict=True) if ok)
         self.source.ack(done)
 
-    def _decide_with_embeddings(self, predictor: Predictor, frames: Sequence[Frame], recipe: str | None
-                                ) -> tuple[list[Prediction | None], np.ndarray | None]:
-        """Decisions and the model's embeddings from one ONNX call; a failing batch is decided frame by frame."""
+    def _decide_with_outputs(self, predictor: Predictor, frames: Sequence[Frame], recipe: str | None
+                             ) -> tuple[list[Prediction | None], dict[str, np.ndarray]]:
+        """Decisions, the model's embeddings and its input batch from one ONNX call; a failing batch is
+        decided frame by frame (no outputs then)."""
         try:
             preds, out = predictor.predict_outputs([f.image for f in frames], recipe)
         except LineguardError:
-            return self._decide(predictor, frames, recipe), None
-        return list(preds), out.get("embedding")
+            return self._decide(predictor, frames, recipe), {}
+        return list(preds), out
 
-    def _watch(self, frame: Frame, pred: Prediction, recipe: str | None, embedding: np.ndarray | None
-               ) -> dict[str, float]:
-        """Feed one decided frame to the monitor; its image signals go into the record's ``stats``."""
-        from lineguard.monitor import frame_signals
+    def _watch(self, frame: Frame, pred: Prediction, recipe: str | None, embedding: np.ndarray | None,
+               model_input: np.ndarray | None) -> dict[str, float]:
+        """Feed one decided frame to the monitor; its image signals go into the record's ``stats``.
 
-        signals = frame_signals(frame.image)
+        The signals are computed on the model input the predictor already made when it is the
+        one the monitor's reference was computed on (always, for a bundle's own reference).
+        """
+        from lineguard.monitor import as_stats
+
+        monitor, predictor = self._monitor, self._predictor
+        if monitor is None:
+            return {}
+        if self._input_matches[:2] != (monitor, predictor):  # once per monitor and model, not per frame
+            self._input_matches = (monitor, predictor, monitor.signals.params == predictor.params)
+        if model_input is not None and self._input_matches[2]:
+            vector = monitor.signals.of_input(model_input)
+        else:
+            vector = monitor.signals.of_image(frame.image)
         with self._mon_lock:
-            monitor = self._monitor
-            alarms = [] if monitor is None else monitor.update(
-                signals, embedding, pred.score, recipe, time=frame.time, rejected=pred.decision == REJECT)
+            alarms = [] if self._monitor is not monitor else monitor.update(
+                vector, embedding, pred.score, recipe, time=frame.time, rejected=pred.decision == REJECT)
+        if alarms:
+            self._deliver(alarms, f"frame {frame.frame_id} ({frame.source})")
+        return as_stats(vector)
+
+    def _deliver(self, alarms: Sequence[Alarm], where: str) -> None:
+        """Log and hand on drift alarms (a batching monitor returns them up to a batch of frames late)."""
         for alarm in alarms:
             self.alarms_fired += 1
-            log.warning("drift alarm at frame %s (%s): %s", frame.frame_id, frame.source, alarm.message())
+            log.warning("drift alarm at %s: %s", where, alarm.message())
             if self.on_alarm is not None:
                 try:
                     self.on_alarm(alarm)
                 except Exception as exc:  # an alert that cannot be sent must not stop the line
                     log.error("alarm hook failed: %s", exc)
-        return signals
 
     def _decide(self, predictor: Predictor, frames: Sequence[Frame], recipe: str | None) -> list[Prediction | None]:
         try:

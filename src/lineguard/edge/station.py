@@ -562,10 +562,10 @@ def _open_monitor(config: StationConfig, predictor: Predictor) -> Any:
     """The station's drift monitor from the bundle's reference; None when turned off or the bundle has none."""
     if not config.monitor:
         return None
-    from lineguard.monitor import Monitor, MonitorError
+    from lineguard.monitor import EDGE_BATCH, Monitor, MonitorError
 
     try:
-        return Monitor.from_bundle(predictor.bundle)
+        return Monitor.from_bundle(predictor.bundle, batch=EDGE_BATCH)
     except MonitorError as exc:  # an older bundle: the line runs, health and the log say monitoring is off
         log.warning("drift monitoring is off for this bundle: %s", exc)
         return None

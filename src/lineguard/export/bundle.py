@@ -122,17 +122,22 @@ def monitor_reference(
     arl0: float = 100_000.0,
     seed: int = 0,
     val_recipes: Sequence[str] | np.ndarray | None = None,
+    *,
+    params: PreprocessParams | None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The monitoring reference (:mod:`lineguard.monitor`) of the training images, calibrated to ``arl0``:
     ``(summary for bundle.json's reference.monitor, arrays for reference.npz)``.
 
-    ``val_defect`` is 1 where a validation item is a defect; ``train_defect_share`` the
-    training split's defect share (the prior the calibrated scores were fitted under);
-    ``val_recipes`` the recipe of each validation item (for the per-recipe output monitor).
+    ``params`` is the bundle's preprocessing: the image signals are those of the model inputs,
+    computed by the function the edge runs on every frame
+    (:class:`lineguard.monitor.signals.ImageSignals`), so train and edge agree. ``val_defect`` is
+    1 where a validation item is a defect; ``train_defect_share`` the training split's defect
+    share (the prior the calibrated scores were fitted under); ``val_recipes`` the recipe of each
+    validation item (for the per-recipe output monitor).
     """
     from lineguard.monitor import calibrate_cusum, reference_from_images
 
-    ref = reference_from_images(images, recipes, embeddings, val_scores=val_scores, val_labels=val_defect,
+    ref = reference_from_images(images, recipes, embeddings, params, val_scores=val_scores, val_labels=val_defect,
                                 val_recipes=val_recipes, prior=train_defect_share, seed=seed)
     cal = calibrate_cusum(ref.reference_z(), arl0, group_sizes=ref.group_sizes(),
                           groups=ref.rows(list(ref.value_recipes)), seed=seed)

@@ -167,7 +167,7 @@ def export(
             monitor_block, monitor_arrays = monitor_reference(
                 train_images, train_rows["recipe"].astype(str).tolist(), train_out.get("embedding"),
                 val_scores, (val_class == pos_idx).astype(np.int64) if val_scores is not None else None,
-                float(train_defect.mean()), arl0=ex.monitor_arl0,
+                float(train_defect.mean()), arl0=ex.monitor_arl0, params=params,
                 val_recipes=np.asarray(val.recipes).astype(str) if val_scores is not None else None)
             reference["monitor"] = monitor_block
             ref_arrays = {**ref_arrays, **monitor_arrays}

@@ -33,7 +33,7 @@ from lineguard.monitor.drift import (
 )
 from lineguard.monitor.estimate import ConceptDrift, Estimate, atc, cbpe, concept_drift, measured
 from lineguard.monitor.kpi import KpiBook, kpis, shift_of
-from lineguard.monitor.online import Alarm, Monitor
+from lineguard.monitor.online import EDGE_BATCH, Alarm, Monitor
 from lineguard.monitor.reference import (
     MonitorError,
     Reference,
@@ -41,11 +41,12 @@ from lineguard.monitor.reference import (
     load_reference,
     reference_from_images,
 )
-from lineguard.monitor.signals import IMAGE_SIGNALS, frame_signals, signal_vector
+from lineguard.monitor.signals import IMAGE_SIGNALS, ImageSignals, as_stats, frame_signals, signal_vector
 
 __all__ = [
-    "IMAGE_SIGNALS", "Alarm", "Calibration", "ConceptDrift", "CusumState", "Estimate", "KpiBook", "Monitor",
-    "MonitorError", "PageHinkleyState", "Reference", "TestResult", "atc", "build_reference", "calibrate_cusum",
-    "cbpe", "concept_drift", "cusum_step", "frame_signals", "kpis", "ks_test", "load_reference", "measured",
-    "mmd_test", "page_hinkley_step", "psi", "reference_from_images", "shift_of", "signal_vector",
+    "EDGE_BATCH", "IMAGE_SIGNALS", "Alarm", "Calibration", "ConceptDrift", "CusumState", "Estimate", "ImageSignals",
+    "KpiBook", "Monitor", "MonitorError", "PageHinkleyState", "Reference", "TestResult", "as_stats", "atc",
+    "build_reference", "calibrate_cusum", "cbpe", "concept_drift", "cusum_step", "frame_signals", "kpis", "ks_test",
+    "load_reference", "measured", "mmd_test", "page_hinkley_step", "psi", "reference_from_images", "shift_of",
+    "signal_vector",
 ]

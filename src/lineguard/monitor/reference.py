@@ -24,12 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from lineguard import LineguardError
-from lineguard.monitor.signals import IMAGE_SIGNALS, signal_vector
+from lineguard.monitor.signals import IMAGE_SIGNALS, RAW_PIXELS, ImageSignals
+
+if TYPE_CHECKING:
+    from lineguard.preprocess import PreprocessParams
 
 EMBEDDING_SIGNALS = ("embedding_distance", "embedding_residual")
 CLIP = 4.0  # standardised values are clipped here before the detectors see them
@@ -40,7 +43,9 @@ MIN_RECIPE_IMAGES = 30  # fewer reference images than this: the recipe is standa
 # a little more often than in the reference would alarm far beyond the promise (docs/benchmarks.md).
 MIN_SPREAD_SHARE = 0.25
 PCA_K = 8
-REFERENCE_SCHEMA = 1
+# 2: image signals on the model input (ImageSignals), recorded in monitor_signal_source; 1 (frame pixels,
+# other definitions of sharpness, clipping and saturation) is refused: re-export.
+REFERENCE_SCHEMA = 2
 ALL = "*"  # the name of the pooled row (every recipe together)
 
 
@@ -117,6 +122,7 @@ class Reference:
     prior: float = float("nan")  # defect share of the training split
     calibration: dict[str, np.ndarray] = field(default_factory=dict)  # k, h, arl0 (see calibrate.py)
     embedding_coords: np.ndarray | None = None  # n x k whitened PCA coordinates of the reference (for MMD)
+    signal_source: str = RAW_PIXELS  # what the image signals were computed on (ImageSignals.source)
 
     @property
     def n(self) -> int:
@@ -165,6 +171,7 @@ class Reference:
             "pca_k": int(self.pca.components.shape[0]) if self.pca else None,
             "prior": None if not np.isfinite(self.prior) else round(float(self.prior), 6),
             "calibrated_arl0": float(self.calibration["arl0"]) if "arl0" in self.calibration else None,
+            "signals_on": "model input" if self.signal_source != RAW_PIXELS else RAW_PIXELS,
         }
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -181,6 +188,7 @@ class Reference:
             "monitor_prior": np.array(self.prior, np.float64),
             "monitor_val_scores": self.val_scores.astype(np.float64),
             "monitor_val_labels": self.val_labels.astype(np.int64),
+            "monitor_signal_source": np.array(self.signal_source, dtype=np.str_),
         }
         if len(self.val_recipes) and len(self.val_recipes) == len(self.val_scores):
             out["monitor_val_recipes"] = np.asarray(self.val_recipes).astype(np.str_)
@@ -237,6 +245,7 @@ class Reference:
                              if k.startswith("monitor_cal_")},
                 embedding_coords=(np.asarray(arrays["embedding_pca_coords"], np.float64)
                                   if pca is not None and "embedding_pca_coords" in arrays else None),
+                signal_source=str(arrays["monitor_signal_source"]),
             )
         except (KeyError, ValueError, TypeError, IndexError) as exc:
             raise MonitorError(f"{source}: the monitoring reference is incomplete or malformed ({exc})") from None
@@ -280,6 +289,7 @@ def build_reference(
     pca_k: int = PCA_K,
     pca_fit_share: float = 0.5,
     seed: int = 0,
+    signal_source: str = RAW_PIXELS,
 ) -> Reference:
     """Pure: the reference from the training split's signals (N x m), recipes (N) and embeddings (N x d).
 
@@ -287,7 +297,9 @@ def build_reference(
     reference value is out of sample (cross-fitted): in-sample distances are smaller than
     any new frame's, which would look like drift on a clean line. ``val_labels``
     are 1 for a defect; ``val_recipes`` name each validation item's recipe (the output monitor
-    compares a recipe's live scores with its own validation scores). Recipes with fewer than MIN_RECIPE_IMAGES images use the pooled row.
+    compares a recipe's live scores with its own validation scores). Recipes with fewer than
+    MIN_RECIPE_IMAGES images use the pooled row. ``signal_source`` says what the signals were
+    computed on (:attr:`ImageSignals.source`).
     """
     vals = np.asarray(signal_values, np.float64)
     if vals.ndim != 2 or vals.shape[1] != len(names) or len(vals) < MIN_RECIPE_IMAGES:
@@ -333,19 +345,28 @@ def build_reference(
     if prior is None:
         prior = float(vl.mean()) if len(vl) else float("nan")
     return Reference(all_names, vals, rec, kept, centre, scale, offset, spread, pca, vs, vl, vr, float(prior),
-                     embedding_coords=coords)
+                     embedding_coords=coords, signal_source=signal_source)
 
 
 def reference_from_images(
     images: Sequence[np.ndarray],
     recipes: Sequence[str] | None = None,
     embeddings: np.ndarray | None = None,
+    params: PreprocessParams | None = None,
     **kwargs: Any,
 ) -> Reference:
-    """:func:`build_reference` from decoded training images (their signals computed here)."""
+    """:func:`build_reference` from decoded training images, their signals computed here.
+
+    ``params``: the bundle's preprocessing. The signals are then those of the model inputs
+    (:class:`ImageSignals`), the very function the edge runs on every frame -- one contract,
+    so train and edge agree whatever the camera's resolution. None: the images' own pixels
+    (a reference without a model; a bundle's monitor refuses it).
+    """
     if not images:
         raise MonitorError("a monitoring reference needs training images; got none")
-    return build_reference(np.stack([signal_vector(im) for im in images]), recipes, embeddings, **kwargs)
+    signals = ImageSignals(params)
+    return build_reference(np.stack([signals.of_image(im) for im in images]), recipes, embeddings,
+                           signal_source=signals.source, **kwargs)
 
 
 def load_reference(bundle: _BundleLike) -> Reference:
