@@ -262,6 +262,32 @@ def test_drift_alarms_with_a_real_monitor_point_at_a_kept_frame(tmp_path: Path, 
     assert not s["estimate"]["trustworthy"] and "drift" in s["estimate"]["reason"]
 
 
+def test_the_estimate_reweights_to_the_line_defect_share_when_the_reference_knows_the_training_one(
+        tmp_path: Path, bundle: Path) -> None:
+    import dataclasses
+
+    from lineguard.monitor import Monitor
+    from lineguard.monitor.estimate import cbpe
+
+    monitor = Monitor(dataclasses.replace(grey_reference(), prior=0.3), arl0=10_000.0)
+    station = make(tmp_path, bundle, monitor)
+    c = client(station, summary=DashboardSummary(station))
+    rng = np.random.default_rng(2)
+    recs = [push(c, int(rng.integers(60, 200)), noise=12, seed=i) for i in range(40)]
+    est = c.get("/v1/summary").json()["estimate"]
+    scores = np.array([r["score"] for r in recs])
+    rejected = np.array([r["decision"] == "reject" for r in recs])
+    want = cbpe(scores, rejected, draws=200, train_prior=0.3, adjust_prior=True)
+    assert est["extra"]["adjusted_prior"] == pytest.approx(want.extra["adjusted_prior"])
+    assert est["balanced_accuracy"] == pytest.approx(want.balanced_accuracy)
+    # no training share in the reference (a station without a monitor): the scores as they are
+    plain = make(tmp_path / "plain", bundle)
+    cp = client(plain, summary=DashboardSummary(plain))
+    for i in range(12):
+        push(cp, 100 + i, seed=i)
+    assert "adjusted_prior" not in cp.get("/v1/summary").json()["estimate"]["extra"]
+
+
 # --- the shipped page ---------------------------------------------------------------------------------
 
 

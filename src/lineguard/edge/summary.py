@@ -350,6 +350,20 @@ class DashboardSummary:
                 "note": "escapes and false rejects are expected counts from the calibrated scores (valid while "
                         "the inputs are in distribution); counted ones come from operator feedback"}
 
+    def _train_prior(self) -> float | None:
+        """The training split's defect share the calibrated scores were fitted under (the monitor's reference).
+
+        With it the estimate re-weights the scores to the line's own defect share (EM, Saerens et al.): without,
+        a line with far fewer defects than training over-estimates its escapes (benchmarks: Q7). None when the
+        station runs no monitor or its reference does not record the share.
+        """
+        prior = getattr(getattr(getattr(self.station, "monitor", None), "reference", None), "prior", None)
+        try:
+            value = float(prior)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        return value if 0.0 < value < 1.0 else None
+
     def _estimate(self, drifting: bool) -> dict[str, Any]:
         from lineguard.monitor.estimate import cbpe
 
@@ -357,7 +371,8 @@ class DashboardSummary:
             return {"available": False, "reason": f"{len(self._scores)} scored frames; the estimate needs 10"}
         scores = np.array([s for s, _, _ in self._scores])
         rejected = np.array([r for _, r, _ in self._scores])
-        est = cbpe(scores, rejected, draws=200).to_dict()
+        prior = self._train_prior()
+        est = cbpe(scores, rejected, draws=200, train_prior=prior, adjust_prior=prior is not None).to_dict()
         per_recipe = []
         for recipe in sorted({r for _, _, r in self._scores if r is not None}):
             idx = [i for i, (_, _, r) in enumerate(self._scores) if r == recipe]
