@@ -1119,13 +1119,11 @@ def monitor_select_cmd(
 ) -> None:
     """Pick the N frames of a station's store most worth a human label, and write them as Label Studio tasks.
 
-    Only frames whose image the station kept can be picked. Worth, best first: the operator's
-    feedback contradicts the decision; the challenger in shadow decided otherwise; the frame is
-    in a drift alarm (needs --bundle); the score is near the threshold. The picks are kept
-    diverse (far apart in image signals and score; no reason or recipe takes more than
-    --max-share). Each task is pre-annotated with the model's decision from the store.
-    Then: label in Label Studio, `lineguard label import`, `lineguard data ingest`
-    (printed at the end; docs/monitoring.md, "Picking frames to label").
+    Only frames whose image the station kept can be picked. Worth, best first: the operator's feedback contradicts the decision; the challenger in shadow decided otherwise; the frame lies in a drift alarm (needs --bundle); the score is near the threshold; then ordinary frames, for coverage.
+
+    The picks are kept diverse (far apart in image signals, score and recipe) and no reason or recipe takes more than --max-share of them. Each task is pre-annotated with the model's decision from the store; no model is run.
+
+    Then label in Label Studio, `lineguard label import` and `lineguard data ingest` (the commands are printed at the end; docs/monitoring.md, "Picking frames to label").
 
     Example:  lineguard monitor select --store edge.db --for-labelling 200 --bundle bundle/ --out to-label/
     """
