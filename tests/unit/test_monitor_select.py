@@ -439,6 +439,32 @@ def test_the_cli_prints_the_picks_and_the_next_commands(tmp_path: Path) -> None:
     assert set(REASONS) >= {"feedback_disagreement", "shadow_disagreement", "drift", "low_confidence"}
 
 
+def test_selecting_needs_no_training_stack(tmp_path: Path) -> None:
+    """The selection runs on the edge device: torch, pandas, pydantic and the config are not needed."""
+    import subprocess
+    import sys
+
+    from tests.unit.test_edge_imports import BLOCKED
+
+    _mixed_store(tmp_path / "edge.db")
+    code = (
+        "import importlib.abc, sys\n"
+        f"BLOCKED = {BLOCKED!r}\n"
+        "class Blocker(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if any(name == b or name.startswith(b + '.') for b in BLOCKED):\n"
+        "            raise ImportError(name + ' is blocked in this test')\n"
+        "sys.meta_path.insert(0, Blocker())\n"
+        "from lineguard.monitor.select import select_for_labelling\n"
+        f"print(len(select_for_labelling({str(tmp_path / 'edge.db')!r}, 5).picks))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "5"
+
+
 # --- drift, with the bundle's calibrated monitor (a real toy bundle and cones) ----------------------
 
 

@@ -168,17 +168,19 @@ def pick_diverse(
     weight = 0.5 + 0.5 * np.clip((prio - tier) / STRENGTH_WEIGHT, 0.0, 1.0)
     jitter = np.random.default_rng(seed).random(m) * 1e-9
     quota = max(1, math.ceil(max_share * n))
-    reasons, recipes = np.array(reason, dtype=object), np.array(recipe, dtype=object)
+    # Reasons and recipes as integer codes, so a quota check is one array lookup per pick.
+    reason_code = np.unique(np.array(reason, dtype=object), return_inverse=True)[1].reshape(m)
+    recipe_code = np.unique(np.array(recipe, dtype=object), return_inverse=True)[1].reshape(m)
     left = np.ones(m, bool)
     d_min = np.full(m, np.inf)
-    per_reason: Counter[str] = Counter()
-    per_recipe: Counter[str] = Counter()
+    per_reason = np.zeros(int(reason_code.max(initial=0)) + 1, np.int64)
+    per_recipe = np.zeros(int(recipe_code.max(initial=0)) + 1, np.int64)
     picks: list[int] = []
     lifted: set[str] = set()
     gave_way: tuple[set[str], ...] = (set(), {"reason"}, {"recipe"}, {"reason", "recipe"})
     while len(picks) < min(n, m):
-        ok_reason = np.array([per_reason[r] < quota for r in reasons], bool)
-        ok_recipe = np.array([per_recipe[r] < quota for r in recipes], bool)
+        ok_reason = per_reason[reason_code] < quota
+        ok_recipe = per_recipe[recipe_code] < quota
         for k, mask in enumerate((ok_reason & ok_recipe, ok_recipe, ok_reason, np.ones(m, bool))):
             eligible = left & mask
             if eligible.any():
@@ -189,8 +191,8 @@ def pick_diverse(
         i = int(np.flatnonzero(best)[np.argmax(value[best])])
         picks.append(i)
         left[i] = False
-        per_reason[str(reasons[i])] += 1
-        per_recipe[str(recipes[i])] += 1
+        per_reason[reason_code[i]] += 1
+        per_recipe[recipe_code[i]] += 1
         d_min = np.minimum(d_min, np.sqrt(((feats - feats[i]) ** 2).sum(axis=1)))
     return picks, lifted
 
