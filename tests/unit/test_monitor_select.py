@@ -375,6 +375,8 @@ def test_every_bad_input_is_one_clear_line(tmp_path: Path) -> None:
             select_for_labelling(tmp_path / "edge.db", n)
     with pytest.raises(MonitorError, match=r"band must be within 0\.\.1"):
         select_for_labelling(tmp_path / "edge.db", 5, low_confidence_band=2.0)
+    with pytest.raises(MonitorError, match="is a path: pass the loaded bundle"):
+        select_for_labelling(tmp_path / "edge.db", 5, bundle=str(tmp_path / "bundle"))
     with pytest.raises(MonitorError, match="holds no decisions in this time range"):
         select_for_labelling(tmp_path / "edge.db", 5, since=T0 + 3600)
     _store(tmp_path / "blind.db", [{"score": 0.9, "image": False}, {"score": 0.1, "image": False}])

@@ -253,6 +253,11 @@ def select_for_labelling(
         raise MonitorError(f"--for-labelling must be a whole number of frames >= 1, got {n!r}")
     if not 0.0 <= float(low_confidence_band) <= 1.0:
         raise MonitorError(f"the low-confidence band must be within 0..1, got {low_confidence_band}")
+    if isinstance(bundle, str | os.PathLike):
+        raise MonitorError(
+            f"bundle {os.fspath(bundle)!r} is a path: pass the loaded bundle "
+            "(lineguard.edge.load_bundle(path)), as the station runs it"
+        )
     data = read_store(store_path, since=since, until=until)
     if not data.n:
         span = " in this time range" if since is not None or until is not None else ""
