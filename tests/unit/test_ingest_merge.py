@@ -436,3 +436,41 @@ def test_a_label_studio_export_merges_into_the_previous_dataset(tmp_path: Path) 
     kept = pd.merge(prev.manifest, new.manifest, on="image_id", suffixes=("_old", "_new"))
     assert len(kept) == 40 and (kept["split_old"] == kept["split_new"]).all()
     assert validate(str(tmp_path / "v2")).ok
+
+
+def test_a_source_split_is_kept_for_new_items_even_without_train(prev: Any, tmp_path: Path) -> None:
+    files = {f"test/{'good' if s % 2 else 'bad'}/{s}.png": _pixels(s) for s in range(900, 910)}
+    report = ingest(str(_tree(tmp_path / "raw2", files)), str(tmp_path / "v2"), CFG, merge_with=prev.root)
+    new = load_dataset(str(tmp_path / "v2")).manifest
+    assert report.split_source == "folders" and report.merge["new_items"] == 10
+    assert set(new.loc[new["source_path"].str.startswith("test/"), "split"]) == {"test"}
+    assert validate(str(tmp_path / "v2")).ok
+
+
+def test_a_new_image_bridging_previous_items_in_two_splits_is_left_out(tmp_path: Path) -> None:
+    """PREV holds a and a+6 (not near duplicates: thumbnails 6 grey levels apart) in two splits;
+    a+3 is within 3 of both, so it can join neither split without a leak."""
+    files = {}
+    for s in range(30):
+        files[f"vanilla/{'good' if s % 2 else 'bad'}/{s}a.png"] = _pixels(s)
+        files[f"vanilla/{'good' if s % 2 else 'bad'}/{s}b.png"] = _pixels(s) + 6
+    ingest(str(_tree(tmp_path / "raw1", files)), str(tmp_path / "v1"), CFG)
+    m = load_dataset(str(tmp_path / "v1")).manifest.set_index("source_path")
+    split = {p: m.loc[p, "split"] for p in m.index}
+    s = next(
+        s
+        for s in range(30)
+        if len({split[f"vanilla/{'good' if s % 2 else 'bad'}/{s}{x}.png"] for x in "ab"} - {"unused"}) == 2
+    )
+    label = "good" if s % 2 else "bad"
+    src = _tree(
+        tmp_path / "raw2",
+        {f"vanilla/{label}/bridge.png": _pixels(s) + 3, "vanilla/good/other.png": _pixels(99)},
+    )
+    report = ingest(str(src), str(tmp_path / "v2"), CFG, merge_with=str(tmp_path / "v1"))
+    new = load_dataset(str(tmp_path / "v2")).manifest.set_index("source_path")
+    assert new.loc[f"vanilla/{label}/bridge.png", "split"] == "unused"
+    [near] = report.merge["near_duplicates_of_previous"]
+    assert near["split"] == "unused" and len(near["previous_source_paths"]) == 2
+    assert any("left out of every split" in w for w in report.warnings)
+    assert validate(str(tmp_path / "v2")).ok
