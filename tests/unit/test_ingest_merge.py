@@ -187,8 +187,23 @@ def test_near_duplicate_of_a_previous_item_joins_its_split(prev: Any, tmp_path: 
         test_item.source_path
     ]
     assert report.merge["per_split"]["test"]["near_duplicates_of_previous"] == 1
+    assert not any("near duplicate of previous" in w for w in report.warnings)  # same labels: nothing to say
     assert report.merge["new_items"] == 22
     assert validate(str(tmp_path / "v2")).ok
+
+
+def test_a_near_copy_labelled_otherwise_is_warned_about(prev: Any, tmp_path: Path) -> None:
+    item = prev.manifest.sort_values("source_path").iloc[0]
+    other = "good" if item.label == "bad" else "bad"
+    near = np.clip(_pixels(int(Path(item.source_path).stem)).astype(int) + 2, 0, 255).astype(np.uint8)
+    src = _tree(tmp_path / "raw2", {f"vanilla/{other}/near.png": near, "vanilla/good/new.png": _pixels(4242)})
+    report = ingest(str(src), str(tmp_path / "v2"), CFG, merge_with=prev.root)
+    [entry] = report.merge["near_duplicates_of_previous"]
+    assert (entry["label"], entry["previous_labels"], entry["split"]) == (other, [item.label], item.split)
+    assert any("near duplicate of previous item(s) labelled" in w for w in report.warnings)
+    assert (
+        _row(load_dataset(str(tmp_path / "v2")), item.image_id).label == item.label
+    )  # PREV's row not relabelled
 
 
 def test_version_is_deterministic_differs_from_previous_and_records_lineage(
@@ -474,3 +489,18 @@ def test_a_new_image_bridging_previous_items_in_two_splits_is_left_out(tmp_path:
     assert near["split"] == "unused" and len(near["previous_source_paths"]) == 2
     assert any("left out of every split" in w for w in report.warnings)
     assert validate(str(tmp_path / "v2")).ok
+
+
+def test_previous_images_hash_the_same_with_a_process_pool(tmp_path: Path) -> None:
+    from lineguard.ingest.merge import hash_previous
+
+    files = {f"vanilla/{'good' if s % 2 else 'bad'}/{s}.png": _pixels(s, size=12) for s in range(260)}
+    ingest(str(_tree(tmp_path / "raw", files)), str(tmp_path / "v1"), CFG)
+    ds = load_dataset(str(tmp_path / "v1"))
+    serial = hash_previous(ds, CFG)
+    pooled = hash_previous(ds, CFG.model_copy(update={"workers": 2}))
+    assert serial.canonical == pooled.canonical and serial.phash == pooled.phash
+    assert set(serial.canonical.values()) == set(
+        ds.manifest["image_id"]
+    )  # PNGs ingest wrote: canonical == stored
+    assert all(np.array_equal(serial.thumb[i], pooled.thumb[i]) for i in serial.thumb)

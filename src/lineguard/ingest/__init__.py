@@ -14,7 +14,9 @@ symlinks leaving SRC are refused per file, and the rest of the ingest goes on.
 
 The parts, in the order ingest runs them: ``sources`` (what files there are),
 ``hashing`` (decode, verify, hash, near duplicates), ``rules`` (labels and recipes),
-``splits`` (grouped stratified splits, balanced test) and ``report``.
+``splits`` (grouped stratified splits, balanced test) and ``report``; with ``merge_with``,
+``merge`` (the previous dataset version: its items and splits kept, SRC's relabels applied,
+SRC's new items split around them).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineguard import storage
 from lineguard.config import IngestConfig
@@ -52,6 +54,9 @@ from lineguard.ingest.rules import (
 )
 from lineguard.ingest.sources import IngestError, label_tables, open_source
 from lineguard.ingest.splits import assign_splits, balance_test
+
+if TYPE_CHECKING:
+    from lineguard.manifest import Dataset
 
 __all__ = [
     "IngestError",
@@ -424,7 +429,7 @@ def _apply_user_split(
 
 
 def _merge_previous(
-    kept: list[_Image], resolved: list[_Image], previous: Any, hashes: PreviousHashes, config: IngestConfig,
+    kept: list[_Image], resolved: list[_Image], previous: Dataset, hashes: PreviousHashes, config: IngestConfig,
     report: IngestReport, user_split: bool,
 ) -> tuple[Any, list[_Image], dict[str, str], dict[str, str]]:
     """SRC's images against PREV's: (PREV's rows, relabels applied; SRC's new images; their groups; their splits).
@@ -499,12 +504,21 @@ def _merge_previous(
             home = homes[0] if len(homes) == 1 else HOLDOUT
             near = sorted(p for p in prevs if str(first.loc[p, "split"]) in homes)
             gid = min(str(first.loc[p, "group_id"]) for p in near)
+            near_labels = sorted({str(first.loc[p, "label"]) for p in near})
             for i in news:
                 group_of[i.image_id], split_of[i.image_id] = gid, home
                 merge["near_duplicates_of_previous"].append({
-                    "source_path": i.source_path, "split": home,
+                    "source_path": i.source_path, "split": home, "label": i.label,
                     "previous_source_paths": sorted(str(first.loc[p, "source_path"]) for p in near),
+                    "previous_labels": near_labels,
                 })
+                if near_labels != [i.label]:
+                    # A near copy labelled otherwise: the definition of a defect may have moved (concept
+                    # drift), and PREV's item keeps its old label unless SRC relabels that very image.
+                    report.warnings.append(
+                        f"new image '{i.source_path}' ({i.label}) is a near duplicate of previous item(s) labelled "
+                        f"{', '.join(near_labels)}; relabel those too if the definition changed"
+                    )
             if home == HOLDOUT:
                 report.warnings.append(
                     f"{len(news)} new image(s) are near duplicates of previous items in {' and '.join(homes)}; "

@@ -16,7 +16,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,7 +24,9 @@ from lineguard import storage
 from lineguard.config import IngestConfig
 from lineguard.ingest.hashing import perceptual_hash, thumbnail
 from lineguard.ingest.sources import IngestError
-from lineguard.manifest import Dataset, DatasetError, load_dataset
+
+if TYPE_CHECKING:  # the manifest (pandas) is imported when a merge runs, not with lineguard.ingest
+    from lineguard.manifest import Dataset
 
 _POOL_MIN_IMAGES = 256  # below this a process pool costs more than it saves
 
@@ -59,6 +61,8 @@ def check_merge_paths(out: str, prev: str) -> None:
 
 def open_previous(prev: str, config: IngestConfig) -> Dataset:
     """PREV loaded and checked before SRC is read: a dataset, with the positive class of this ingest."""
+    from lineguard.manifest import DatasetError, load_dataset
+
     try:
         ds = load_dataset(prev)
     except DatasetError as exc:
@@ -122,13 +126,13 @@ def hash_previous(ds: Dataset, config: IngestConfig) -> PreviousHashes:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        from lineguard.ingest.hashing import _exit_with_parent
+        from lineguard.ingest.hashing import exit_with_parent
 
         chunks = [urls[i : i + 32] for i in range(0, len(urls), 32)]
         with ProcessPoolExecutor(
             config.workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_exit_with_parent,
+            initializer=exit_with_parent,
             initargs=(os.getpid(),),
         ) as pool:
             results = [r for chunk in pool.map(_hash_chunk, chunks) for r in chunk]
