@@ -147,6 +147,9 @@ def data_ingest(
     seed: Annotated[int | None, typer.Option(help="Split seed (default: ingest.seed).")] = None,
     root: Annotated[str | None, typer.Option(help="For a CSV or Label Studio source: the folder its paths are "
                                                   "relative to (default: the file's folder).")] = None,
+    merge_with: Annotated[str | None, typer.Option("--merge-with", help="Previous dataset version: --out holds all "
+                                                   "its items (splits kept) plus SRC's; SRC's labels win (relabels "
+                                                   "reported). The previous dataset is not changed.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -157,11 +160,12 @@ def data_ingest(
     saved as report.md / report.json in the dataset. See docs/ingest.md.
 
     Example:  lineguard data ingest raw/ --out data/cones-v1
+    Merging:  lineguard data ingest labels.csv --out data/cones-v2 --merge-with data/cones-v1
     """
     from lineguard.ingest import ingest, print_report
 
     cfg = resolve_config(config, set_).ingest
-    report = ingest(src, out, cfg, overwrite=overwrite, seed=seed, root=root, progress=True)
+    report = ingest(src, out, cfg, overwrite=overwrite, seed=seed, root=root, progress=True, merge_with=merge_with)
     print_report(report, console)
     console.print(f"[green]dataset[/] {out} version {report.version}: {report.images} images "
                   f"({report.seconds:.1f} s); report: {out}/report.md")
