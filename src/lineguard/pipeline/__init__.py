@@ -41,17 +41,18 @@ if TYPE_CHECKING:
 __all__ = ["QUICK_OVERRIDES", "STEPS", "TOY_PRESETS", "PipelineError", "PipelineResult", "compile_kubeflow",
            "demo_config", "resolve", "run", "simulated_line"]
 
-# Applied on the toy cones to every key the config leaves unset, so the demo keeps to its 5-minute budget and its
-# model passes its own gate on any machine: messy raw photos (the point of the demo); 40 epochs of the one derived
-# recipe, an epoch count rather than a time budget so the demo's model is the same however loaded the machine is
-# (a budget of 90 s gave 25 epochs on a quiet machine and 14 under load, and the 14-epoch model failed the gate;
-# 40 epochs take about 100 s on 2 quiet cores); no distilled student (a second full training: `lineguard compress`
-# builds it); 200 timed runs per compressed candidate; and the fp32 bundle, with the reason, when nothing fits.
+# Applied on the toy cones to every key the config leaves unset, so the demo keeps to its 5-minute budget (P4) and
+# its model passes its own gate on any machine: messy raw photos (the point of the demo), 200 cones per recipe and
+# class (2,000 photos; 300 made the first run 6 min 45 s on 2 idle cores, 221 s of it training); 36 epochs of the
+# one derived recipe, an epoch count rather than a time budget so the demo's model is the same however loaded the
+# machine is (a budget of 90 s gave 25 epochs on a quiet machine and 14 under load, and the 14-epoch model failed
+# the gate); no distilled student (a second full training: `lineguard compress` builds it) and one pruned
+# candidate; 200 timed runs per compressed candidate; and the fp32 bundle, with the reason, when nothing fits.
 # A config that sets train.budget_s keeps its budget (the epochs preset would switch it off).
 TOY_PRESETS: dict[str, dict[str, Any]] = {
-    "synth": {"messy": True},
-    "train": {"epochs": 40, "search": "off"},
-    "compress": {"distill": False, "on_no_fit": "fp32", "repeats": 200},
+    "synth": {"messy": True, "per_class": 200},
+    "train": {"epochs": 36, "search": "off"},
+    "compress": {"distill": False, "on_no_fit": "fp32", "repeats": 200, "prune_ratios": [0.5]},
 }
 # `lineguard demo --quick`: a tiny config (2 recipes, 64 px, 8 epochs) that runs in about a minute.
 QUICK_OVERRIDES: tuple[str, ...] = (
