@@ -147,6 +147,9 @@ def data_ingest(
     seed: Annotated[int | None, typer.Option(help="Split seed (default: ingest.seed).")] = None,
     root: Annotated[str | None, typer.Option(help="For a CSV or Label Studio source: the folder its paths are "
                                                   "relative to (default: the file's folder).")] = None,
+    merge_with: Annotated[str | None, typer.Option("--merge-with", help="Previous dataset version: --out holds all "
+                                                   "its items (splits kept) plus SRC's; SRC's labels win (relabels "
+                                                   "reported). The previous dataset is not changed.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -157,11 +160,12 @@ def data_ingest(
     saved as report.md / report.json in the dataset. See docs/ingest.md.
 
     Example:  lineguard data ingest raw/ --out data/cones-v1
+    Merging:  lineguard data ingest labels.csv --out data/cones-v2 --merge-with data/cones-v1
     """
     from lineguard.ingest import ingest, print_report
 
     cfg = resolve_config(config, set_).ingest
-    report = ingest(src, out, cfg, overwrite=overwrite, seed=seed, root=root, progress=True)
+    report = ingest(src, out, cfg, overwrite=overwrite, seed=seed, root=root, progress=True, merge_with=merge_with)
     print_report(report, console)
     console.print(f"[green]dataset[/] {out} version {report.version}: {report.images} images "
                   f"({report.seconds:.1f} s); report: {out}/report.md")
@@ -1059,7 +1063,8 @@ def serve_cmd(
 
 # --- monitoring (lineguard monitor ...) -------------------------------------------------------------
 
-monitor_app = typer.Typer(help="Monitoring: the report over a station's store.", no_args_is_help=True)
+monitor_app = typer.Typer(help="Monitoring: the report over a station's store, and the frames worth labelling.",
+                          no_args_is_help=True)
 app.add_typer(monitor_app, name="monitor")
 
 
@@ -1089,6 +1094,88 @@ def monitor_report_cmd(
     path = write_report(store, out, since=parse_time(since, "since"), until=parse_time(until, "until"), bundle=loaded,
                         window=window, shifts=shifts, tz=tz)
     console.print(f"monitoring report: {path}")
+
+
+@monitor_app.command("select")
+def monitor_select_cmd(
+    store: Annotated[Path, typer.Option("--store", help="The station's store (store.path in station.yaml, e.g. edge.db).")],
+    for_labelling: Annotated[int, typer.Option("--for-labelling", "-n", help="How many frames to pick (N).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help=(
+        "An empty folder for the picks: images/, tasks.json, labelling-config.xml, selection.csv."))],
+    bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help=(
+        "The station's bundle: its calibrated drift detectors are replayed over the stored frames to flag "
+        "drifted ones. Without it, drift is not a reason (the rest works)."))] = None,
+    since: Annotated[str | None, typer.Option(help="Only frames from this time: unix seconds or ISO 8601 "
+                                                   "(2026-11-02T06:00:00Z).")] = None,
+    until: Annotated[str | None, typer.Option(help="Only frames before this time (same forms).")] = None,
+    low_confidence_band: Annotated[float, typer.Option(help="A frame this close to its threshold (|score - "
+                                                            "threshold|) counts as low-confidence.")] = 0.15,
+    max_share: Annotated[float, typer.Option(help="At most this share of the picks per reason and per recipe, "
+                                                  "while others are left to pick.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Breaks ties; the same store and seed give the same picks.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a selection already in --out.")] = False,
+    local_files_root: Annotated[str | None, typer.Option(help=(
+        "Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, when it is not OUT/images."))] = None,
+    trust_key: TrustKeyOpt = None,
+    digest: DigestOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Pick the N frames of a station's store most worth a human label, and write them as Label Studio tasks.
+
+    Only frames whose image the station kept can be picked. Worth, best first: the operator's feedback contradicts the decision; the challenger in shadow decided otherwise; the frame lies in a drift alarm (needs --bundle); the score is near the threshold; then ordinary frames, for coverage.
+
+    The picks are kept diverse (far apart in image signals, score and recipe) and no reason or recipe takes more than --max-share of them. Each task is pre-annotated with the model's decision from the store; no model is run.
+
+    Then label in Label Studio, `lineguard label import` and `lineguard data ingest` (the commands are printed at the end; docs/monitoring.md, "Picking frames to label").
+
+    Example:  lineguard monitor select --store edge.db --for-labelling 200 --bundle bundle/ --out to-label/
+    """
+    from rich.table import Table
+
+    from lineguard.labelstudio import write_selection
+    from lineguard.monitor.report import parse_time
+    from lineguard.monitor.select import REASONS, select_for_labelling
+
+    cfg = resolve_config(config, set_)
+    loaded = _load_trusted(bundle, cfg, trust_key, digest, check_model=False) if bundle is not None else None
+    selection = select_for_labelling(store, for_labelling, bundle=loaded, since=parse_time(since, "since"),
+                                     until=parse_time(until, "until"), low_confidence_band=low_confidence_band,
+                                     seed=seed, max_share=max_share)
+    files = write_selection(selection, out, overwrite=overwrite, local_files_root=local_files_root,
+                            label_synonyms=cfg.ingest.label_synonyms, positive_class=cfg.ingest.positive_class,
+                            defect_types=cfg.ingest.defect_types)
+    for note in [*selection.notes, *files.notes]:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    per_reason, per_recipe = selection.per_reason(), selection.per_recipe()
+    table = Table(title=f"{len(selection.picks)} of {selection.candidates:,} frames with an image "
+                        f"({selection.decisions:,} decisions)")
+    table.add_column("reason (best of the frame)")
+    table.add_column("picked", justify="right")
+    table.add_column("candidates", justify="right")
+    for reason in REASONS:
+        if reason in selection.available:
+            table.add_row(reason.replace("_", " "), str(per_reason.get(reason, 0)), str(selection.available[reason]))
+    console.print(table)
+    recipes = Table(title="picks per recipe")
+    recipes.add_column("recipe")
+    recipes.add_column("picked", justify="right")
+    for name, count in per_recipe.items():
+        recipes.add_row(escape(name or "(none)"), str(count))
+    console.print(recipes)
+    images = Path(files.images_dir)
+    console.print(
+        f"Wrote {files.tasks} tasks to {escape(files.tasks_path)}, the labelling config to "
+        f"{escape(files.config_path)} and the picks to {escape(files.csv_path)}.\n\nNext:\n"
+        f"  1. Label in Label Studio: start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "
+        f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={escape(local_files_root or str(images))}, paste "
+        "labelling-config.xml into a new project, add a local-files storage for that folder, import tasks.json, "
+        "label, and export the project as JSON (docs/labelling.md).\n"
+        f"  2. lineguard label import export.json --root {escape(str(images))} --out {escape(str(out / 'labels.csv'))}\n"
+        f"  3. lineguard data ingest {escape(str(out / 'labels.csv'))} --root {escape(str(images))} --out data/NEW "
+        "--merge-with data/PREVIOUS",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -546,6 +546,7 @@ def info(url: str) -> dict[str, Any]:
         "version": ds.version,
         "source": ds.meta.get("source", ""),
         "created_by": ds.meta.get("created_by", ""),
+        "parent": ds.meta.get("parent", {}),  # the previous version this one was merged from (ingest --merge-with)
         "ingested_at": ds.meta.get("ingested_at", df["ingested_at"].max() if len(df) else ""),
         "images": len(df),
         "classes": ds.classes,

@@ -14,7 +14,9 @@ symlinks leaving SRC are refused per file, and the rest of the ingest goes on.
 
 The parts, in the order ingest runs them: ``sources`` (what files there are),
 ``hashing`` (decode, verify, hash, near duplicates), ``rules`` (labels and recipes),
-``splits`` (grouped stratified splits, balanced test) and ``report``.
+``splits`` (grouped stratified splits, balanced test) and ``report``; with ``merge_with``,
+``merge`` (the previous dataset version: its items and splits kept, SRC's relabels applied,
+SRC's new items split around them).
 """
 
 from __future__ import annotations
@@ -27,11 +29,20 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineguard import storage
 from lineguard.config import IngestConfig
 from lineguard.ingest.hashing import decode_all, near_duplicate_groups, perceptual_hash, thumbnail
+from lineguard.ingest.merge import (
+    MergedImages,
+    PreviousHashes,
+    balance_new_test,
+    check_classes,
+    check_merge_paths,
+    hash_previous,
+    open_previous,
+)
 from lineguard.ingest.report import IngestReport, print_report
 from lineguard.ingest.rules import (
     LabelRules,
@@ -43,6 +54,9 @@ from lineguard.ingest.rules import (
 )
 from lineguard.ingest.sources import IngestError, label_tables, open_source
 from lineguard.ingest.splits import assign_splits, balance_test
+
+if TYPE_CHECKING:
+    from lineguard.manifest import Dataset
 
 __all__ = [
     "IngestError",
@@ -126,6 +140,7 @@ class _Image:
     defect_type: str = ""
     label_source: str = ""
     user_split: str = ""
+    recipe_defaulted: bool = False  # no rule gave a recipe: default_recipe (a merge keeps PREV's recipe then)
 
 
 # Folder names (and CSV split values) that mean a split the user gave, lower-cased.
@@ -202,6 +217,7 @@ def _label(
         if not img.recipe:
             found = recipe_from_filename(img.source_path, known_recipes) if "filename" in config.recipe_from else None
             img.recipe = found or normalise_name(config.default_recipe) or "default"
+            img.recipe_defaulted = found is None
     return resolved, conflicts
 
 
@@ -280,6 +296,7 @@ def ingest(
     seed: int | None = None,
     root: str | None = None,
     progress: bool = False,
+    merge_with: str | None = None,
 ) -> IngestReport:
     """Ingest ``src`` (folder, archive, CSV, Label Studio export; path or URL) into a Dataset at ``out``.
 
@@ -294,6 +311,11 @@ def ingest(
     :class:`IngestReport` (also saved in the dataset as report.json and report.md).
     Scratch (unpacked archive members, spilled PNGs) lives in one private temp folder,
     removed at the end or, after a ``kill -9``, by the next ingest.
+
+    ``merge_with`` is the previous dataset version: the new dataset holds all of its items
+    (their split kept) plus SRC's, SRC's label winning for an image both hold, and records
+    PREV's version as its parent. PREV is only read. See docs/ingest.md, "Merging with the
+    previous version".
     """
     config = config or IngestConfig()
     if seed is not None:
@@ -301,10 +323,13 @@ def ingest(
     import shutil
 
     _check_out(str(src), str(out))
+    if merge_with is not None:
+        check_merge_paths(str(out), str(merge_with))
     scratch = storage.work_dir("ingest")
     pngs = _PngStore(folder=scratch)
     try:
-        return _run(str(src), str(out), config, overwrite, root, progress, pngs, scratch)
+        return _run(str(src), str(out), config, overwrite, root, progress, pngs, scratch,
+                    None if merge_with is None else str(merge_with))
     finally:
         pngs.close()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -333,6 +358,7 @@ def _user_splits_from_tables(
 
 def _apply_user_split(
     kept: list[_Image], resolved: list[_Image], group_of: dict[str, str], config: IngestConfig, report: IngestReport,
+    require_train_test: bool = True,
 ) -> dict[str, str]:
     """The user's split per image id, with leaks across splits resolved and val carved from train if missing.
 
@@ -376,14 +402,14 @@ def _apply_user_split(
             "than one split; kept in the first of train/val/test, other copies left out (see 'Split leaks')"
         )
     counts = Counter(split_of.values())
-    for needed in ("train", "test"):
+    for needed in ("train", "test") if require_train_test else ():
         if not counts.get(needed):
             raise IngestError(
                 f"the split given by '{report.source}' has no {needed} images (train {counts.get('train', 0)}, "
                 f"val {counts.get('val', 0)}, test {counts.get('test', 0)}); a user split needs train and test "
                 "images -- or set ingest.user_split=ignore to split by seed"
             )
-    if not counts.get("val"):
+    if not counts.get("val") and counts.get("train"):
         train_groups: dict[str, tuple[str, int]] = {}
         for gid, members in by_group.items():
             inside = [m for m in members if split_of[m.image_id] == "train"]
@@ -402,9 +428,143 @@ def _apply_user_split(
     return split_of
 
 
+def _merge_previous(
+    kept: list[_Image], resolved: list[_Image], previous: Dataset, hashes: PreviousHashes, config: IngestConfig,
+    report: IngestReport, user_split: bool,
+) -> tuple[Any, list[_Image], dict[str, str], dict[str, str]]:
+    """SRC's images against PREV's: (PREV's rows, relabels applied; SRC's new images; their groups; their splits).
+
+    An image both hold (same pixels) keeps its PREV row and split; SRC's label, recipe and
+    defect type win where they differ (a relabel) and the row's ``label_source`` becomes
+    SRC's. A value SRC does not give is no change: a recipe only from ``default_recipe``,
+    an empty defect type on an unchanged label. A new image that is a near duplicate of
+    PREV items joins their split and group (or ``unused`` when those items sit in two
+    splits); the others are grouped and split by the usual rules, among themselves.
+    """
+    from lineguard.manifest import HOLDOUT, SPLITS
+
+    prev_df = previous.manifest.copy()
+    first = prev_df.drop_duplicates("image_id").set_index("image_id")
+    merge: dict[str, Any] = {"relabelled": [], "already_present": [], "near_duplicates_of_previous": []}
+    new: list[_Image] = []
+    for img in kept:
+        pid = hashes.canonical.get(img.image_id)
+        if pid is None:
+            new.append(img)
+            continue
+        row = first.loc[pid]
+        old = {"label": str(row["label"]), "recipe": str(row["recipe"]), "defect_type": str(row["defect_type"])}
+        defect = img.defect_type if (img.defect_type or img.label != old["label"]) else old["defect_type"]
+        given = {"label": img.label, "recipe": old["recipe"] if img.recipe_defaulted else img.recipe,
+                 "defect_type": "" if img.label == "good" else defect}
+        entry = {"image_id": pid, "source_path": img.source_path, "previous_source_path": str(row["source_path"]),
+                 "split": str(row["split"])}
+        if given == old:
+            merge["already_present"].append(entry)
+            continue
+        at = prev_df["image_id"] == pid
+        for col, value in (*given.items(), ("label_source", img.label_source)):
+            prev_df.loc[at, col] = value
+        merge["relabelled"].append({**entry, "old": old, "new": given})
+
+    # Near duplicates across both: PREV's images first, then SRC's new ones.
+    import numpy as np
+
+    group_of: dict[str, str] = {}
+    split_of: dict[str, str] = {}
+    free: list[_Image] = []
+    free_groups: dict[str, tuple[str, int]] = {}
+    if new:
+        prev_ids = list(hashes.phash)
+        roots = near_duplicate_groups(
+            [hashes.phash[i] for i in prev_ids] + [i.phash for i in new], config.near_duplicate_bits,
+            np.stack([hashes.thumb[i] for i in prev_ids] + [i.thumb for i in new]), config.near_duplicate_max_diff,
+        )
+        members: dict[int, tuple[list[str], list[_Image]]] = defaultdict(lambda: ([], []))
+        for k, r in enumerate(roots):
+            if k < len(prev_ids):
+                members[r][0].append(prev_ids[k])
+            else:
+                members[r][1].append(new[k - len(prev_ids)])
+        for root_index in sorted(members):
+            prevs, news = members[root_index]
+            if not news:
+                continue
+            homes = [s for s in SPLITS if s in {str(first.loc[p, "split"]) for p in prevs}]
+            if not homes:  # no PREV item, or only PREV items out of every split: split as usual
+                gid = min(i.image_id for i in news)[:16]
+                strata = Counter(f"{i.recipe}/{i.label}" for i in news)
+                free_groups[gid] = (min(strata, key=lambda x: (-strata[x], x)), len(news))
+                for i in news:
+                    group_of[i.image_id] = gid
+                free.extend(news)
+                if len(news) > 1:
+                    report.near_duplicate_groups.append(sorted(i.source_path for i in news))
+                continue
+            home = homes[0] if len(homes) == 1 else HOLDOUT
+            near = sorted(p for p in prevs if str(first.loc[p, "split"]) in homes)
+            gid = min(str(first.loc[p, "group_id"]) for p in near)
+            near_labels = sorted({str(first.loc[p, "label"]) for p in near})
+            for i in news:
+                group_of[i.image_id], split_of[i.image_id] = gid, home
+                merge["near_duplicates_of_previous"].append({
+                    "source_path": i.source_path, "split": home, "label": i.label,
+                    "previous_source_paths": sorted(str(first.loc[p, "source_path"]) for p in near),
+                    "previous_labels": near_labels,
+                })
+                if near_labels != [i.label]:
+                    # A near copy labelled otherwise: the definition of a defect may have moved (concept
+                    # drift), and PREV's item keeps its old label unless SRC relabels that very image.
+                    report.warnings.append(
+                        f"new image '{i.source_path}' ({i.label}) is a near duplicate of previous item(s) labelled "
+                        f"{', '.join(near_labels)}; relabel those too if the definition changed"
+                    )
+            if home == HOLDOUT:
+                report.warnings.append(
+                    f"{len(news)} new image(s) are near duplicates of previous items in {' and '.join(homes)}; "
+                    "left out of every split (unused) so neither split leaks"
+                )
+        report.near_duplicate_groups.sort()
+
+    if free and user_split:
+        free_ids = {i.image_id for i in free}
+        split_of.update(_apply_user_split(free, [r for r in resolved if r.image_id in free_ids], group_of, config,
+                                          report, require_train_test=False))
+    elif free:
+        split_of_group = assign_splits(free_groups, config.split, config.seed)
+        split_of.update({i.image_id: split_of_group[group_of[i.image_id]] for i in free})
+    if config.balance_test and not user_split and new:
+        test_rows = prev_df[prev_df["split"] == "test"].drop_duplicates("image_id")
+        items = [(str(r.image_id), str(r.recipe), str(r.label), False) for r in test_rows.itertuples()]
+        items += [(i.image_id, i.recipe, i.label, True) for i in new if split_of[i.image_id] == "test"]
+        moved, warnings = balance_new_test(items, config.seed, HOLDOUT, split_of)
+        path_of = {i.image_id: i.source_path for i in new}
+        report.unused = sorted(path_of[m] for m in moved)
+        report.warnings.extend(warnings)
+    for entries in merge.values():
+        entries.sort(key=lambda e: e["source_path"])
+    report.merge = merge
+    return prev_df, new, group_of, split_of
+
+
+def _merge_summary(report: IngestReport, prev_df: Any, new: list[_Image], split_of: dict[str, str]) -> None:
+    """Counts of the merge per split (``report.merge['per_split']``) and in total."""
+    per_split: dict[str, Counter[str]] = defaultdict(Counter)
+    for split in prev_df.drop_duplicates("image_id")["split"]:
+        per_split[str(split)]["previous"] += 1
+    for img in new:
+        per_split[split_of[img.image_id]]["new"] += 1
+    for kind in ("relabelled", "already_present", "near_duplicates_of_previous"):
+        for entry in report.merge[kind]:
+            per_split[entry["split"]][kind] += 1
+    report.merge["per_split"] = {s: dict(sorted(c.items())) for s, c in sorted(per_split.items())}
+    report.merge["from_previous"] = int(prev_df["image_id"].nunique())
+    report.merge["new_items"] = len(new)
+
+
 def _run(
     src: str, out: str, config: IngestConfig, overwrite: bool, root: str | None, progress: bool, pngs: _PngStore,
-    scratch: str,
+    scratch: str, merge_with: str | None = None,
 ) -> IngestReport:
     import pandas as pd
 
@@ -413,6 +573,7 @@ def _run(
 
     started = time.perf_counter()
     report = IngestReport(source=src, out=out)
+    previous = open_previous(merge_with, config) if merge_with is not None else None
 
     # 1. What is there, and what the label tables say.
     source, kind = open_source(src, config, root, scratch)
@@ -471,14 +632,25 @@ def _run(
             f"{len(report.unlabelled)} unlabelled); see docs/ingest.md for how labels are found"
         )
 
-    # 4. Near-duplicate groups, then the user's split (checked for leaks) or grouped stratified splits.
-    group_of, groups = _group(kept, config, report)
-    if user_split:
+    # 4. Near-duplicate groups, then the user's split (checked for leaks) or grouped stratified splits;
+    # merging, PREV's items keep their split and SRC's new ones are split around them.
+    prev_rows: list[dict[str, Any]] = []
+    if previous is not None:
+        check_classes(previous, {i.label for i in kept}, src)
+        hashes = hash_previous(previous, config)
+        prev_df, kept, group_of, split_of = _merge_previous(kept, resolved, previous, hashes, config, report,
+                                                            user_split)
+        _merge_summary(report, prev_df, kept, split_of)
+        report.merge.update({"previous": merge_with, "previous_version": previous.version})
+        prev_rows = prev_df.to_dict("records")
+    elif user_split:
+        group_of, groups = _group(kept, config, report)
         split_of = _apply_user_split(kept, resolved, group_of, config, report)
     else:
+        group_of, groups = _group(kept, config, report)
         split_of_group = assign_splits(groups, config.split, config.seed)
         split_of = {i.image_id: split_of_group[group_of[i.image_id]] for i in kept}
-    if config.balance_test and not user_split:
+    if config.balance_test and not user_split and previous is None:
         moved, warnings = balance_test([(i.image_id, i.recipe, i.label) for i in kept], split_of, config.seed, HOLDOUT)
         path_of = {i.image_id: i.source_path for i in kept}
         report.unused = sorted(path_of[m] for m in moved)
@@ -495,9 +667,15 @@ def _run(
         }
         for i in kept
     ]
+    rows = prev_rows + rows
     df = pd.DataFrame(rows)
     report.version = manifest_version(df)
-    report.images = len(kept)
+    report.images = len(rows)
+    if previous is not None and report.version == previous.version:
+        raise IngestError(
+            f"'{src}' adds nothing to '{merge_with}': every image is already there with the same labels, so the "
+            f"merge would be version {previous.version} again; keep using '{merge_with}'"
+        )
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for row in rows:
         counts[row["split"]][f"{row['recipe']}/{row['label']}"] += 1
@@ -512,9 +690,15 @@ def _run(
         "source": src, "created_by": f"lineguard {__version__} ingest", "positive_class": config.positive_class,
         "ingest": config.model_dump(mode="json"), "ingested_at": now,
     }
+    image_bytes: Mapping[str, bytes] = pngs
+    if previous is not None:
+        # Lineage: the parent version, and every ancestor's version oldest first.
+        meta["parent"] = {"version": previous.version, "dataset": merge_with}
+        meta["lineage"] = [*previous.meta.get("lineage", []), previous.version]
+        image_bytes = MergedImages(pngs, previous)
     extra_files = {
         "report.json": json.dumps(report.to_dict(), indent=2, sort_keys=True).encode(),
         "report.md": report.to_markdown().encode(),
     }
-    write_dataset(out, df, pngs, extra_files, meta, overwrite=overwrite)
+    write_dataset(out, df, image_bytes, extra_files, meta, overwrite=overwrite)
     return report

@@ -68,7 +68,7 @@ def _process_chunk(items: list[bytes], max_pixels: int) -> list[tuple[Any, ...]]
     return [_process_one(d, max_pixels) for d in items]
 
 
-def _exit_with_parent(parent_pid: int) -> None:
+def exit_with_parent(parent_pid: int) -> None:
     """Pool-worker initializer: end this worker as soon as the ingest that started it is gone.
 
     A worker blocked on its task queue outlives a parent killed with ``kill -9`` (the
@@ -155,7 +155,7 @@ def decode_all(
     pending: deque[tuple[list[SourceFile], Future[list[tuple[Any, ...]]]]] = deque()
     with ProcessPoolExecutor(
         config.workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_exit_with_parent, initargs=(os.getpid(),),
+        initializer=exit_with_parent, initargs=(os.getpid(),),
     ) as pool:
         for batch_e, batch_d in chunks():
             pending.append((batch_e, pool.submit(_process_chunk, batch_d, config.max_pixels)))

@@ -30,6 +30,9 @@ class IngestReport:
     layout: str = ""
     split_source: str = ""  # seed (LineGuard split it), folders or csv (the source's own split, kept)
     split_leaks: list[dict[str, Any]] = field(default_factory=list)  # the source's split, checked
+    # Merging with a previous version (empty otherwise): previous, previous_version, from_previous,
+    # new_items, relabelled, already_present, near_duplicates_of_previous, per_split.
+    merge: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,6 +64,7 @@ class IngestReport:
             recipe, label = cell.rsplit("/", 1)
             n = [self.counts.get(s, {}).get(cell, 0) for s in ("train", "val", "test", "unused")]
             lines.append(f"| {e(recipe)} | {e(label)} | " + " | ".join(str(v) for v in n) + " |")
+        lines += self._merge_markdown()
         leaks = []
         for leak in self.split_leaks:
             files = leak.get("files") or leak.get("moved_to_unused") or []
@@ -80,6 +84,38 @@ class IngestReport:
             if items:
                 lines += ["", f"## {title}", "", *items]
         return "\n".join(lines) + "\n"
+
+    def _merge_markdown(self) -> list[str]:
+        """The merge section: per split, from PREV / new / relabelled / duplicates of PREV; every relabel."""
+        from lineguard.ingest.merge import summarise
+
+        m = self.merge
+        if not m:
+            return []
+        c, e = code_span, escape_markdown
+        lines = [
+            "", "## Merged with the previous version", "",
+            f"- previous: {c(str(m.get('previous', '')))} version {c(str(m.get('previous_version', '')))}",
+            f"- items from the previous version: {m.get('from_previous', 0)}; new items: {m.get('new_items', 0)}; "
+            f"relabelled: {len(m.get('relabelled', []))}; already present: {len(m.get('already_present', []))}; "
+            f"near duplicates of previous items: {len(m.get('near_duplicates_of_previous', []))}",
+            "",
+            "| split | from previous | new | relabelled | already present | near duplicates of previous |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        lines += [f"| {s} | " + " | ".join(str(v) for v in n) + " |" for s, n in summarise(m)]
+        if m.get("relabelled"):
+            lines += ["", "### Relabelled (the new label wins)", ""]
+            for r in m["relabelled"]:
+                old, new = r["old"], r["new"]
+                changes = ", ".join(f"{k} {c(old[k])} -> {c(new[k])}" for k in ("label", "recipe", "defect_type")
+                                    if old[k] != new[k])
+                lines.append(f"- {c(r['previous_source_path'])} ({e(r['split'])}), from {c(r['source_path'])}: {changes}")
+        if m.get("near_duplicates_of_previous"):
+            lines += ["", "### Near duplicates of previous items (joined their split)", ""]
+            lines += [f"- {c(d['source_path'])} -> {e(d['split'])}, near "
+                      + ", ".join(c(p) for p in d["previous_source_paths"]) for d in m["near_duplicates_of_previous"]]
+        return lines
 
 
 def print_report(report: IngestReport, console: Any) -> None:
@@ -107,6 +143,16 @@ def print_report(report: IngestReport, console: Any) -> None:
     summary.add_row("split", t(report.split_source or "seed") + (f"; {len(report.split_leaks)} leak(s) resolved"
                                                                   if report.split_leaks else ""))
     console.print(summary)
+    if report.merge:
+        from lineguard.ingest.merge import summarise
+
+        merged = Table(title=f"Merged with {t(str(report.merge.get('previous', '')))} "
+                             f"(version {t(str(report.merge.get('previous_version', '')))})")
+        for col in ("split", "from previous", "new", "relabelled", "already present", "near dup. of previous"):
+            merged.add_column(col, justify="left" if col == "split" else "right")
+        for split, n in summarise(report.merge):
+            merged.add_row(split, *(str(v) for v in n))
+        console.print(merged)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {t(w)}", highlight=False)
 

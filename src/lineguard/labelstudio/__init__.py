@@ -13,7 +13,8 @@ every task that yields no record is reported as a :class:`LabelProblem`.
 
 Only this package knows Label Studio's formats; no Label Studio package is needed.
 ``format`` holds the shared names and the labelling config, ``tasks`` the way out,
-``annotations`` the way back, ``urls`` the URL-to-file resolution.
+``annotations`` the way back, ``urls`` the URL-to-file resolution, ``selection`` the frames
+``lineguard monitor select`` picked from a station's store, written as tasks.
 """
 
 from lineguard.labels import normalise_name
@@ -35,6 +36,7 @@ from lineguard.labelstudio.format import (
     labelling_config,
     normalise_label,
 )
+from lineguard.labelstudio.selection import SELECTION_COLUMNS, SelectionFiles, write_selection
 from lineguard.labelstudio.tasks import ExportSummary, Predictor, bundle_predictor, default_root, export_tasks
 from lineguard.labelstudio.urls import UnresolvableImage, resolve_image_url
 
@@ -43,12 +45,14 @@ __all__ = [
     "DEFECT_TYPES",
     "KEPT_PROBLEM_KINDS",
     "PROBLEM_KINDS",
+    "SELECTION_COLUMNS",
     "ExportSummary",
     "LabelProblem",
     "LabelRecord",
     "LabelStudioError",
     "ParsedExport",
     "Predictor",
+    "SelectionFiles",
     "UnresolvableImage",
     "bundle_predictor",
     "default_root",
@@ -61,4 +65,5 @@ __all__ = [
     "normalise_name",
     "parse_export",
     "resolve_image_url",
+    "write_selection",
 ]

@@ -46,7 +46,7 @@ from lineguard.monitor.estimate import cbpe, measured
 from lineguard.monitor.kpi import DEFAULT_SHIFTS, KpiBook
 from lineguard.monitor.reference import MonitorError
 
-__all__ = ["StoreData", "parse_time", "read_store", "render_report", "write_report"]
+__all__ = ["DriftReplay", "StoreData", "parse_time", "read_images", "read_store", "render_report", "replay_drift", "write_report"]
 
 MAX_ROWS = 1_000_000
 THUMBS = 12
@@ -89,9 +89,13 @@ class StoreData:
     stats: list[dict[str, Any]]
     has_image: set[int]
     feedback: list[dict[str, Any]]  # prediction_id, label, time (of the feedback)
-    shadow: list[dict[str, Any]] | None
+    shadow: list[dict[str, Any]] | None  # prediction_id, agree, version (the challenger's), score, decision
     truncated: bool
     tables: set[str] = field(default_factory=set)
+    key: list[str] = field(default_factory=list)  # what traces a frame elsewhere (the record's idempotency key)
+    frame_id: list[str] = field(default_factory=list)
+    station: list[str] = field(default_factory=list)
+    threshold: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the decision threshold each frame had
 
     @property
     def n(self) -> int:
@@ -128,7 +132,8 @@ def read_store(path: str | os.PathLike[str], *, since: float | None = None, unti
         if until is not None:
             where.append("time < ?")
             args.append(until)
-        sql = ("SELECT id, time, recipe, score, decision, bundle_version, label, stats FROM predictions"
+        sql = ("SELECT id, time, recipe, score, decision, bundle_version, label, stats, key, frame_id, station, "
+               "threshold FROM predictions"
                + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?")
         rows = con.execute(sql, (*args, max_rows + 1)).fetchall()
         truncated = len(rows) > max_rows
@@ -148,9 +153,12 @@ def read_store(path: str | os.PathLike[str], *, since: float | None = None, unti
             cols = {str(r[1]) for r in con.execute("PRAGMA table_info(shadow)")}
             if {"prediction_id", "agree"} <= cols:
                 ver = "bundle_version" if "bundle_version" in cols else "''"
-                shadow = [{"prediction_id": int(r[0]), "agree": bool(r[1]), "version": str(r[2])} for r in con.execute(
-                    f"SELECT prediction_id, agree, {ver} FROM shadow WHERE prediction_id >= ? ORDER BY prediction_id",
-                    (first,))]
+                score = "score" if "score" in cols else "NULL"
+                decision = "decision" if "decision" in cols else "NULL"
+                shadow = [{"prediction_id": int(r[0]), "agree": bool(r[1]), "version": str(r[2]),
+                           "score": None if r[3] is None else float(r[3]), "decision": r[4]} for r in con.execute(
+                    f"SELECT prediction_id, agree, {ver}, {score}, {decision} FROM shadow WHERE prediction_id >= ? "
+                    "ORDER BY prediction_id", (first,))]
     except sqlite3.Error as exc:
         raise MonitorError(f"cannot read the store {path}: {exc}") from None
     finally:
@@ -167,16 +175,29 @@ def read_store(path: str | os.PathLike[str], *, since: float | None = None, unti
         path=str(path), ids=ids, time=np.array([float(r[1]) for r in rows]), score=np.array([float(r[3]) for r in rows]),
         rejected=np.array([r[4] == "reject" for r in rows], bool), recipe=[r[2] for r in rows],
         version=[str(r[5]) for r in rows], label=[str(r[6]) for r in rows], stats=[stats_of(r[7]) for r in rows],
-        has_image=has_image, feedback=feedback, shadow=shadow, truncated=truncated, tables=tables)
+        has_image=has_image, feedback=feedback, shadow=shadow, truncated=truncated, tables=tables,
+        key=[str(r[8]) for r in rows], frame_id=[str(r[9]) for r in rows], station=[str(r[10]) for r in rows],
+        threshold=np.array([float(r[11]) for r in rows]))
+
+
+def read_images(path: str | os.PathLike[str], prediction_ids: Sequence[int]) -> dict[int, bytes]:
+    """The stored PNG bytes of these predictions (read-only, one connection); ids without an image are left out."""
+    con = _connect(path)
+    out: dict[int, bytes] = {}
+    try:
+        for pid in prediction_ids:
+            row = con.execute("SELECT data FROM images WHERE prediction_id = ?", (int(pid),)).fetchone()
+            if row is not None:
+                out[int(pid)] = bytes(row[0])
+    except sqlite3.Error as exc:
+        raise MonitorError(f"cannot read the images of the store {path}: {exc}") from None
+    finally:
+        con.close()
+    return out
 
 
 def _image(path: str, prediction_id: int) -> bytes | None:
-    con = _connect(path)
-    try:
-        row = con.execute("SELECT data FROM images WHERE prediction_id = ?", (int(prediction_id),)).fetchone()
-    finally:
-        con.close()
-    return None if row is None else bytes(row[0])
+    return read_images(path, [prediction_id]).get(int(prediction_id))
 
 
 def _thumbnail_uri(png: bytes, size: int = 160) -> str | None:
@@ -354,17 +375,29 @@ def _classes(data: StoreData, bundle: Any) -> tuple[str, str | None]:
 
 
 @dataclass
-class _Replay:
+class DriftReplay:
+    """The bundle's drift detectors run again over a store's frames (:func:`replay_drift`).
+
+    Frame numbers (``frames``, and ``frame`` / ``since`` of each alarm) index the frames of the
+    :class:`StoreData` replayed, in id order. ``alarms`` are the monitor's last 1,000 (what the report
+    lists); ``fired`` every alarm raised, in order.
+    """
+
     names: list[str]
     frames: np.ndarray  # sampled frame indices
     levels: np.ndarray  # frames x signals, CUSUM / h
     h: np.ndarray
     alarms: list[dict[str, Any]]
     note: str = ""
+    fired: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _replay(data: StoreData, bundle: Any) -> _Replay | str:
-    """Run the bundle's calibrated monitor over the stored frames' signals; a reason string when it cannot."""
+def replay_drift(data: StoreData, bundle: Any) -> DriftReplay | str:
+    """Run the bundle's calibrated monitor over the stored frames' signals; a reason string when it cannot.
+
+    The detectors start from rest at the first frame of ``data`` (the start of ``since`` when the
+    store was read with one), as the station's monitor did when it started.
+    """
     from lineguard.monitor.online import Monitor
 
     if bundle is None:
@@ -376,20 +409,21 @@ def _replay(data: StoreData, bundle: Any) -> _Replay | str:
         return f"the bundle has no monitoring reference ({exc})"
     names = list(mon.names)
     step = max(1, data.n // MAX_POINTS)
-    frames, levels = [], []
+    frames, levels, fired = [], [], []
     for i in range(data.n):
-        mon.update(data.stats[i], None, float(data.score[i]), data.recipe[i], time=float(data.time[i]),
-                   rejected=bool(data.rejected[i]))
+        fired += mon.update(data.stats[i], None, float(data.score[i]), data.recipe[i], time=float(data.time[i]),
+                            rejected=bool(data.rejected[i]))
         if i % step == 0 or i == data.n - 1:
             st = mon.cusum_state
             frames.append(i)
             levels.append(np.maximum(st.upper, st.lower) / mon.h)
     alarms = [a.to_dict() for a in mon.alarms]
     note = "" if len(mon.alarms) < (mon.alarms.maxlen or 0) else f"only the last {mon.alarms.maxlen} alarms are listed"
-    return _Replay(names, np.array(frames), np.array(levels), np.asarray(mon.h, float), alarms, note)
+    return DriftReplay(names, np.array(frames), np.array(levels), np.asarray(mon.h, float), alarms, note,
+                       [a.to_dict() for a in fired])
 
 
-def _section_signals(data: StoreData, replay: _Replay | str, bundle: Any) -> str:
+def _section_signals(data: StoreData, replay: DriftReplay | str, bundle: Any) -> str:
     out = ["<h2>1. Signals over time</h2>"]
     names = sorted({k for s in data.stats for k in s})
     if not names:
@@ -467,7 +501,7 @@ def _section_rejects(data: StoreData) -> str:
     return "".join(out)
 
 
-def _section_accuracy(data: StoreData, positive: str, window: int, replay: _Replay | str) -> str:
+def _section_accuracy(data: StoreData, positive: str, window: int, replay: DriftReplay | str) -> str:
     out = ["<h2>3. Estimated vs feedback accuracy</h2>"]
     if data.n < 10:
         return out[0] + "<p class='nodata'>no data: fewer than 10 decisions</p>"
@@ -554,7 +588,7 @@ def _gallery(data: StoreData, picks: Sequence[tuple[int, str]]) -> str:
     return "<div class='gallery'>" + "".join(cells) + "</div>" if cells else "<p class='nodata'>no data: no kept image</p>"
 
 
-def _section_frames(data: StoreData, replay: _Replay | str, positive: str) -> str:
+def _section_frames(data: StoreData, replay: DriftReplay | str, positive: str) -> str:
     out = ["<h2>5. Drifted and disputed frames</h2>", "<h3>At the drift alarms</h3>"]
     if isinstance(replay, str) or not replay.alarms:
         out.append("<p class='nodata'>no data: " + _esc("no drift alarm" if not isinstance(replay, str) else replay) + "</p>")
@@ -718,7 +752,7 @@ def render_report(data: StoreData, *, bundle: Any = None, window: int = 500, shi
     if window < 10:
         raise MonitorError(f"the estimate window must hold at least 10 frames, got {window}")
     positive, _neg = _classes(data, bundle)
-    replay = _replay(data, bundle) if data.n else "no decisions in this time range"
+    replay = replay_drift(data, bundle) if data.n else "no decisions in this time range"
     span = (f"{_stamp(data.time.min())} to {_stamp(data.time.max())}" if data.n else "no decisions")
     versions = sorted(set(data.version))
     head = [f"<h1>{_esc(title or 'LineGuard monitoring report')}</h1>",
