@@ -42,7 +42,8 @@ def config(work: Path, *extra: str) -> LineguardConfig:
     """A tiny, seeded training config writing under ``work`` (MLflow, bundles); one thread everywhere."""
     return load_config(None, [
         f"workdir={work}", f"synth.size={SIZE}", f"preprocess.size=[{SIZE},{SIZE}]", "train.recipe=manual",
-        "train.epochs=12", "train.threads=1", "train.batch_size=32", "train.patience=12", "train.seed=0",
+        "train.epochs=25", "train.lr=0.005", "train.warmup_epochs=0", "train.width=0.5", "train.batch_size=16",
+        "train.patience=25", "train.threads=1", "train.seed=0", "augment.strength=0.6",
         "evaluate.bootstrap=20", "export.golden_size=8", "export.reference_images=400", *extra,
     ])
 

@@ -73,14 +73,13 @@ def _label_selection(out: Path, streams: dict[str, list[Any]], definition: L.Def
     return labels
 
 
-def _select(store: Path, n: int, bundle: Path, out: Path) -> list[dict[str, str]]:
+def _select(store: Path, n: int, bundle: Path, out: Path, max_share: float = 0.5) -> list[dict[str, str]]:
     """``lineguard monitor select`` as a library call: pick ``n`` frames, write them; returns selection.csv."""
-    from lineguard.monitor.select import select_for_labelling
-
     from lineguard.edge import load_bundle
     from lineguard.labelstudio import write_selection
+    from lineguard.monitor.select import select_for_labelling
 
-    selection = select_for_labelling(store, n, bundle=load_bundle(bundle))
+    selection = select_for_labelling(store, n, bundle=load_bundle(bundle), max_share=max_share)
     write_selection(selection, out)
     with (out / "selection.csv").open() as fh:
         return list(csv.DictReader(fh))
@@ -123,13 +122,16 @@ def test_a_dirty_lens_is_detected_labelled_and_trained_away(tmp_path: Path) -> N
         assert min(run.alarm_frames) >= clean, f"{recipe}: an alarm fired on the clean frames: {run.alarm_frames}"
         assert min(run.alarm_frames) < clean + 150, f"{recipe}: detected too late (TARGETS Q4): {run.alarm_frames}"
 
-    # Pick frames for labelling: the drift monitor's replay flags the dirty stretch.
-    picks = _select(store, 160, b1, tmp_path / "selection")
-    assert len(picks) == 160
+    # Pick frames for labelling: the drift monitor's replay flags the dirty stretch, and the lens is what
+    # the labels are for (--max-share 0.75: drift may take three quarters of the picks).
+    picks = _select(store, 200, b1, tmp_path / "selection", max_share=0.75)
+    assert len(picks) == 200
     seq_of = {p["key"]: int(p["frame_id"].rsplit("-p", 1)[1]) for p in picks}
+    flagged = [p["key"] for p in picks if p["reasons"].split(";")[0] == "drift"]
+    assert len(flagged) >= 120
+    # A CUSUM's change point may lie a few frames before the true change: most, not all, flagged are dirty.
+    assert sum(seq_of[k] > clean for k in flagged) >= 0.9 * len(flagged), "clean frames were flagged as drifted"
     drifted = [k for k, seq in seq_of.items() if seq > clean]
-    assert len(drifted) >= 100, f"only {len(drifted)} of the picks are dirty-lens frames"
-    assert sum("drift" in p["reasons"] for p in picks) >= 60
 
     labels = _label_selection(tmp_path / "selection", streams, L.every_defect)
     ds2 = _ingest_merged(labels, tmp_path / "ds1", tmp_path / "ds2", cfg)
@@ -146,6 +148,7 @@ def test_a_dirty_lens_is_detected_labelled_and_trained_away(tmp_path: Path) -> N
     held = L.items(40, index_from=5000, defects=MISSING)
     held_dirty = [L.draw(c, 2, "dirty-lens", severity) for c in held]
     old, new = L.balanced_accuracy(b1, held, held_dirty), L.balanced_accuracy(b2, held, held_dirty)
+    print(f"dirty-lens balanced accuracy: old {old:.3f}, retrained {new:.3f}; picks {len(picks)}, dirty {len(drifted)}")
     assert new >= old + 0.10, f"retrained {new:.3f} vs old {old:.3f} on dirty-lens frames"
     held_clean = [L.draw(c, 2) for c in held]
     assert L.balanced_accuracy(b2, held, held_clean) >= L.balanced_accuracy(b1, held, held_clean) - 0.08
@@ -215,6 +218,7 @@ def test_a_changed_defect_definition_is_caught_by_feedback_and_trained_in(tmp_pa
     held = L.items(40, index_from=5000, defects=SPARSE)
     images = [L.draw(c, 2) for c in held]
     old, new = L.balanced_accuracy(b1, held, images), L.balanced_accuracy(b2, held, images)
+    print(f"new-definition balanced accuracy: old {old:.3f}, retrained {new:.3f}; feedback flag {flag.reason}")
     assert new >= old + 0.10, f"retrained {new:.3f} vs old {old:.3f} under the new definition"
     partial = [i for i, c in enumerate(held) if c.defect_type == "partial_topping"]
     assert L.rejections(b2, [held[i] for i in partial], [images[i] for i in partial]).mean() >= 0.7
