@@ -106,7 +106,7 @@ def test_a_dirty_lens_is_detected_labelled_and_trained_away(tmp_path: Path) -> N
     v1_items = L.items(100, defects=MISSING)
     L.write_source(tmp_path / "raw", v1_items, seed=0)
     ingest(str(tmp_path / "raw"), str(tmp_path / "ds1"), cfg.ingest)
-    _, b1 = L.train_and_export(cfg, tmp_path / "ds1", tmp_path / "b1")
+    run1, b1 = L.train_and_export(cfg, tmp_path / "ds1", tmp_path / "b1")
     champion = _first_champion(cfg, b1, tmp_path / "ds1")
 
     # The line: a station per recipe. The vanilla line's lens gets dirty at frame CLEAN; the other stays clean.
@@ -135,6 +135,7 @@ def test_a_dirty_lens_is_detected_labelled_and_trained_away(tmp_path: Path) -> N
         assert min(run.alarm_frames) < clean + 150, (
             f"{recipe}: detected too late (TARGETS Q4): {run.alarm_frames}"
         )
+        delay = min(run.alarm_frames) - clean
 
     # Pick frames for labelling: the drift monitor's replay flags the dirty stretch, and the lens is what
     # the labels are for (--max-share 0.75: drift may take three quarters of the picks).
@@ -156,7 +157,7 @@ def test_a_dirty_lens_is_detected_labelled_and_trained_away(tmp_path: Path) -> N
     assert len(ds2.manifest) == len(ds1.manifest) + len(picks)
     assert ds2.version != ds1.version
 
-    _, b2 = L.train_and_export(cfg, tmp_path / "ds2", tmp_path / "b2")
+    _, b2 = L.train_and_export(cfg, tmp_path / "ds2", tmp_path / "b2", init_from=run1)
     outcome = gate(cfg, str(b2), str(tmp_path / "ds2"))
     assert outcome.champion_version == champion
     assert outcome.decision.passed, outcome.decision.reasons
@@ -165,12 +166,18 @@ def test_a_dirty_lens_is_detected_labelled_and_trained_away(tmp_path: Path) -> N
     held = [c for c in L.items(60, index_from=5000, defects=MISSING) if c.recipe == dirty_recipe]
     held_dirty = [L.draw(c, 2, "dirty-lens", severity) for c in held]
     old, new = L.balanced_accuracy(b1, held, held_dirty), L.balanced_accuracy(b2, held, held_dirty)
-    print(
-        f"dirty-lens balanced accuracy: old {old:.3f}, retrained {new:.3f}; picks {len(picks)}, dirty {len(drifted)}"
-    )
-    assert new >= old + 0.10, f"retrained {new:.3f} vs old {old:.3f} on dirty-lens frames"
     held_clean = [L.draw(c, 2) for c in held]
-    assert L.balanced_accuracy(b2, held, held_clean) >= L.balanced_accuracy(b1, held, held_clean) - 0.08
+    old_clean, new_clean = (
+        L.balanced_accuracy(b1, held, held_clean),
+        L.balanced_accuracy(b2, held, held_clean),
+    )
+    print(
+        f"LOOP dirty seed={L.SEED}: alarm {delay} frames after the change; picks {len(picks)}, dirty {len(drifted)}, "
+        f"flagged {len(flagged)}; held-out dirty BA old {old:.3f} new {new:.3f}; clean old {old_clean:.3f} "
+        f"new {new_clean:.3f}; gate: {[c.detail for c in outcome.decision.checks][:2]}"
+    )
+    assert new >= old + 0.20, f"retrained {new:.3f} vs old {old:.3f} on dirty-lens frames"
+    assert new_clean >= old_clean - 0.08, f"retrained {new_clean:.3f} vs old {old_clean:.3f} on clean frames"
 
 
 @pytest.mark.slow
@@ -180,11 +187,13 @@ def test_a_changed_defect_definition_is_caught_by_feedback_and_trained_in(tmp_pa
     from lineguard.ingest import ingest
     from lineguard.monitor.estimate import concept_drift
 
-    cfg = L.config(tmp_path / "work", *GATE)
-    v1_items = L.items(100, defects=SPARSE)
+    # Partial vs missing toppings on chocolate is the fine distinction of the old definition: more cones and
+    # epochs, so the champion is confident on it and the feedback's disagreement stands out.
+    cfg = L.config(tmp_path / "work", *GATE, "train.epochs=50", "train.patience=50")
+    v1_items = L.items(150, defects=SPARSE)
     L.write_source(tmp_path / "raw", v1_items, seed=0, definition=L.partial_is_fine)  # the old definition
     ingest(str(tmp_path / "raw"), str(tmp_path / "ds1"), cfg.ingest)
-    _, b1 = L.train_and_export(cfg, tmp_path / "ds1", tmp_path / "b1")
+    run1, b1 = L.train_and_export(cfg, tmp_path / "ds1", tmp_path / "b1")
     champion = _first_champion(cfg, b1, tmp_path / "ds1")
 
     # The line, cameras unchanged: the same kind of cones, decided by the old definition.
@@ -240,7 +249,7 @@ def test_a_changed_defect_definition_is_caught_by_feedback_and_trained_in(tmp_pa
     assert len(partial_ids) >= len(rows_v1)
     assert set(ds2.manifest.loc[ds2.manifest["image_id"].isin(partial_ids), "label"]) == {"bad"}
 
-    _, b2 = L.train_and_export(cfg, tmp_path / "ds2", tmp_path / "b2")
+    _, b2 = L.train_and_export(cfg, tmp_path / "ds2", tmp_path / "b2", init_from=run1)
     outcome = gate(cfg, str(b2), str(tmp_path / "ds2"))
     assert outcome.champion_version == champion
     assert outcome.decision.passed, outcome.decision.reasons
@@ -248,9 +257,14 @@ def test_a_changed_defect_definition_is_caught_by_feedback_and_trained_in(tmp_pa
     held = L.items(40, index_from=5000, defects=SPARSE)
     images = [L.draw(c, 2) for c in held]
     old, new = L.balanced_accuracy(b1, held, images), L.balanced_accuracy(b2, held, images)
+    partial = [i for i, c in enumerate(held) if c.defect_type == "partial_topping"]
+    rejected = L.rejections(b2, [held[i] for i in partial], [images[i] for i in partial]).mean()
+    old_rejected = L.rejections(b1, [held[i] for i in partial], [images[i] for i in partial]).mean()
     print(
-        f"new-definition balanced accuracy: old {old:.3f}, retrained {new:.3f}; feedback flag {flag.reason}"
+        f"LOOP concept seed={L.SEED}: feedback errors {flag.errors}/{flag.n} vs expected {flag.expected_errors:.1f} "
+        f"(p {flag.p_value:.2g}); disagreements first {n_disagree}; new-definition BA old {old:.3f} new {new:.3f}; "
+        f"partial toppings rejected old {old_rejected:.2f} new {rejected:.2f}; "
+        f"gate: {[c.detail for c in outcome.decision.checks][:2]}"
     )
     assert new >= old + 0.10, f"retrained {new:.3f} vs old {old:.3f} under the new definition"
-    partial = [i for i, c in enumerate(held) if c.defect_type == "partial_topping"]
-    assert L.rejections(b2, [held[i] for i in partial], [images[i] for i in partial]).mean() >= 0.7
+    assert rejected >= 0.7, f"the retrained model rejects {rejected:.2f} of partial toppings"
