@@ -12,7 +12,9 @@
    toppings and passes the gate.
 
 Every image is drawn from a :class:`~lineguard.synth.Item` (tests/e2e/_loop.py), so a frame the station
-decided maps back to its cone through the frame id. Small everything (64 px, 2 recipes, one thread).
+decided maps back to its cone through the frame id. Both retrains fine-tune the champion's run (``init_from``), as the
+loop back would on a line; the margins asserted sit well inside the spread of three seeds
+(``LINEGUARD_LOOP_SEED``, figures in docs/benchmarks.md). Small everything (64 px, 2 recipes, one thread).
 """
 
 from __future__ import annotations
