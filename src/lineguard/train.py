@@ -333,7 +333,13 @@ def _rehearsal_split(
     config: LineguardConfig, init: _Init | None, rehearsal_data: Dataset | None, dataset: Dataset,
     params: PreprocessParams, classes: Sequence[str], console: Console,
 ) -> tuple[SplitTensors | None, Dataset | None]:
-    """A seeded sample of ``train.rehearsal`` old training images per class, or None."""
+    """A seeded sample of ``train.rehearsal`` old training images per class, or None.
+
+    Old images that ``dataset`` holds too are never rehearsed: the new dataset already trains on them,
+    with its label. This matters for the loop back: fine-tuning the champion on the next version of its
+    dataset (``ingest --merge-with``, relabels applied) would otherwise mix every old image back in with
+    its *old* label -- undoing a changed defect definition -- and repeat the new items to match.
+    """
     import torch
 
     from lineguard import tracking
@@ -356,9 +362,13 @@ def _rehearsal_split(
         return None, None
     rows = old.split("train")
     rows = rows[rows["label"].isin(list(classes))]
+    held = rows["image_id"].isin(set(dataset.manifest["image_id"]))
+    rows = rows[~held]
     rng = np.random.default_rng(config.train.seed)
     picked = [g.iloc[rng.permutation(len(g))[:n]] for _, g in rows.groupby("label", sort=True)]
     if not picked:
+        if held.any():
+            console.print(f"rehearsal: none needed, the dataset holds every training image of dataset {old.version}")
         return None, None
     import pandas as pd
 

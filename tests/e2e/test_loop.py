@@ -12,7 +12,9 @@
    toppings and passes the gate.
 
 Every image is drawn from a :class:`~lineguard.synth.Item` (tests/e2e/_loop.py), so a frame the station
-decided maps back to its cone through the frame id. Small everything (64 px, 2 recipes, one thread).
+decided maps back to its cone through the frame id. Both retrains fine-tune the champion's run (``init_from``), as the
+loop back would on a line; the margins asserted sit well inside the spread of three seeds
+(``LINEGUARD_LOOP_SEED``, figures in docs/benchmarks.md). Small everything (64 px, 2 recipes, one thread).
 """
 
 from __future__ import annotations
@@ -30,11 +32,6 @@ from tests.e2e import _loop as L
 
 MISSING = ("missing_topping",)
 SPARSE = ("missing_topping", "partial_topping")
-# Not yet green: the retrained model fails the gate. The detection -> selection -> Label Studio export ->
-# import -> merged ingest part passes; the model retrained on the merged version (400 clean + ~200 picked
-# frames, 25 epochs at 64 px) rejects most good vanilla cones (ds2 test TNR 0.07 vs the champion's 0.87), so
-# the gate refuses it. The concept-drift test has not been run yet. Left skipped until the tiny training config retrains reliably (see the report).
-WIP = pytest.mark.skip(reason="retrained model not yet reliable on the tiny config; the gate refuses it")
 # The gate's absolute limits for the first model, and the calibration limit, at what these tiny runs reach;
 # against the champion the gate's own rule (cost not worse, paired test) decides, unchanged.
 GATE = ["gate.min_balanced_accuracy=0.8", "gate.min_recipe_balanced_accuracy=0.7", "gate.max_ece=0.25"]
@@ -51,8 +48,9 @@ def _first_champion(cfg: Any, bundle: Path, dataset: Path) -> str:
     return first.candidate_version
 
 
-def _label_selection(out: Path, streams: dict[str, list[Any]], definition: L.Definition,
-                     extra_rows: list[list[str]] = ()) -> Path:  # type: ignore[assignment]
+def _label_selection(
+    out: Path, streams: dict[str, list[Any]], definition: L.Definition, extra_rows: list[list[str]] = ()
+) -> Path:  # type: ignore[assignment]
     """Label every task of a written selection from synth's truth, as a Label Studio export; import it.
 
     Returns the labels CSV (paths relative to ``out/images``) that ingest reads; ``extra_rows`` are
@@ -99,19 +97,18 @@ def _ingest_merged(labels: Path, previous: Path, out: Path, cfg: Any) -> Any:
     return load_dataset(str(out))
 
 
-@WIP
 @pytest.mark.slow
 def test_a_dirty_lens_is_detected_labelled_and_trained_away(tmp_path: Path) -> None:
     from lineguard.evaluate.release import gate
     from lineguard.ingest import ingest
     from lineguard.manifest import load_dataset
 
-    severity = 0.6
+    severity = 1.0
     cfg = L.config(tmp_path / "work", *GATE)
     v1_items = L.items(100, defects=MISSING)
     L.write_source(tmp_path / "raw", v1_items, seed=0)
     ingest(str(tmp_path / "raw"), str(tmp_path / "ds1"), cfg.ingest)
-    _, b1 = L.train_and_export(cfg, tmp_path / "ds1", tmp_path / "b1")
+    run1, b1 = L.train_and_export(cfg, tmp_path / "ds1", tmp_path / "b1")
     champion = _first_champion(cfg, b1, tmp_path / "ds1")
 
     # The line: a station per recipe. The vanilla line's lens gets dirty at frame CLEAN; the other stays clean.
@@ -120,18 +117,27 @@ def test_a_dirty_lens_is_detected_labelled_and_trained_away(tmp_path: Path) -> N
     store = tmp_path / "edge.db"
     streams: dict[str, list[Any]] = {}
     for r, recipe in enumerate(L.RECIPES):
-        stream = [c for c in L.items((clean + dirty) // 2, index_from=1000, defects=MISSING) if c.recipe == recipe]
-        np.random.default_rng(r).shuffle(stream)  # type: ignore[arg-type]
+        stream = [
+            c for c in L.items((clean + dirty) // 2, index_from=1000, defects=MISSING) if c.recipe == recipe
+        ]
+        np.random.default_rng(10 * L.SEED + r).shuffle(stream)  # type: ignore[arg-type]
         lens = "dirty-lens" if recipe == dirty_recipe else None
         frames = [L.draw(c, 1, lens if i >= clean else None, severity) for i, c in enumerate(stream)]
-        run = L.run_station(b1, store, f"cell-{r}", recipe, frames, stream, alerts=tmp_path / f"alerts-{r}.jsonl")
+        run = L.run_station(
+            b1, store, f"cell-{r}", recipe, frames, stream, alerts=tmp_path / f"alerts-{r}.jsonl"
+        )
         streams[run.station] = run.stream
         if lens is None:
             assert run.alarm_frames == [], f"{recipe}: a clean line alarmed: {run.alarm_frames}"
             continue
         assert run.alarm_frames, f"{recipe}: the dirty lens raised no alarm"
-        assert min(run.alarm_frames) >= clean, f"{recipe}: an alarm fired on the clean frames: {run.alarm_frames}"
-        assert min(run.alarm_frames) < clean + 150, f"{recipe}: detected too late (TARGETS Q4): {run.alarm_frames}"
+        assert min(run.alarm_frames) >= clean, (
+            f"{recipe}: an alarm fired on the clean frames: {run.alarm_frames}"
+        )
+        assert min(run.alarm_frames) < clean + 150, (
+            f"{recipe}: detected too late (TARGETS Q4): {run.alarm_frames}"
+        )
+        delay = min(run.alarm_frames) - clean
 
     # Pick frames for labelling: the drift monitor's replay flags the dirty stretch, and the lens is what
     # the labels are for (--max-share 0.75: drift may take three quarters of the picks).
@@ -142,7 +148,9 @@ def test_a_dirty_lens_is_detected_labelled_and_trained_away(tmp_path: Path) -> N
     assert len(flagged) >= 100
     assert all(k.startswith("cell-0:") for k in flagged), "a frame of the clean line was flagged as drifted"
     # A CUSUM's change point may lie a few frames before the true change: most, not all, flagged are dirty.
-    assert sum(seq_of[k] > clean for k in flagged) >= 0.9 * len(flagged), "clean frames were flagged as drifted"
+    assert sum(seq_of[k] > clean for k in flagged) >= 0.9 * len(flagged), (
+        "clean frames were flagged as drifted"
+    )
     drifted = [k for k, seq in seq_of.items() if k.startswith("cell-0:") and seq > clean]
 
     labels = _label_selection(tmp_path / "selection", streams, L.every_defect)
@@ -151,7 +159,7 @@ def test_a_dirty_lens_is_detected_labelled_and_trained_away(tmp_path: Path) -> N
     assert len(ds2.manifest) == len(ds1.manifest) + len(picks)
     assert ds2.version != ds1.version
 
-    _, b2 = L.train_and_export(cfg, tmp_path / "ds2", tmp_path / "b2")
+    _, b2 = L.train_and_export(cfg, tmp_path / "ds2", tmp_path / "b2", init_from=run1)
     outcome = gate(cfg, str(b2), str(tmp_path / "ds2"))
     assert outcome.champion_version == champion
     assert outcome.decision.passed, outcome.decision.reasons
@@ -160,13 +168,20 @@ def test_a_dirty_lens_is_detected_labelled_and_trained_away(tmp_path: Path) -> N
     held = [c for c in L.items(60, index_from=5000, defects=MISSING) if c.recipe == dirty_recipe]
     held_dirty = [L.draw(c, 2, "dirty-lens", severity) for c in held]
     old, new = L.balanced_accuracy(b1, held, held_dirty), L.balanced_accuracy(b2, held, held_dirty)
-    print(f"dirty-lens balanced accuracy: old {old:.3f}, retrained {new:.3f}; picks {len(picks)}, dirty {len(drifted)}")
-    assert new >= old + 0.10, f"retrained {new:.3f} vs old {old:.3f} on dirty-lens frames"
     held_clean = [L.draw(c, 2) for c in held]
-    assert L.balanced_accuracy(b2, held, held_clean) >= L.balanced_accuracy(b1, held, held_clean) - 0.08
+    old_clean, new_clean = (
+        L.balanced_accuracy(b1, held, held_clean),
+        L.balanced_accuracy(b2, held, held_clean),
+    )
+    print(
+        f"LOOP dirty seed={L.SEED}: alarm {delay} frames after the change; picks {len(picks)}, dirty {len(drifted)}, "
+        f"flagged {len(flagged)}; held-out dirty BA old {old:.3f} new {new:.3f}; clean old {old_clean:.3f} "
+        f"new {new_clean:.3f}; gate: {[c.detail for c in outcome.decision.checks][:2]}"
+    )
+    assert new >= old + 0.20, f"retrained {new:.3f} vs old {old:.3f} on dirty-lens frames"
+    assert new_clean >= old_clean - 0.08, f"retrained {new_clean:.3f} vs old {old_clean:.3f} on clean frames"
 
 
-@WIP
 @pytest.mark.slow
 def test_a_changed_defect_definition_is_caught_by_feedback_and_trained_in(tmp_path: Path) -> None:
     from lineguard.edge.store import Store
@@ -174,11 +189,13 @@ def test_a_changed_defect_definition_is_caught_by_feedback_and_trained_in(tmp_pa
     from lineguard.ingest import ingest
     from lineguard.monitor.estimate import concept_drift
 
-    cfg = L.config(tmp_path / "work", *GATE)
-    v1_items = L.items(100, defects=SPARSE)
+    # Partial vs missing toppings on chocolate is the fine distinction of the old definition: more cones and
+    # epochs, so the champion is confident on it and the feedback's disagreement stands out.
+    cfg = L.config(tmp_path / "work", *GATE, "train.epochs=50", "train.patience=50")
+    v1_items = L.items(150, defects=SPARSE)
     L.write_source(tmp_path / "raw", v1_items, seed=0, definition=L.partial_is_fine)  # the old definition
     ingest(str(tmp_path / "raw"), str(tmp_path / "ds1"), cfg.ingest)
-    _, b1 = L.train_and_export(cfg, tmp_path / "ds1", tmp_path / "b1")
+    run1, b1 = L.train_and_export(cfg, tmp_path / "ds1", tmp_path / "b1")
     champion = _first_champion(cfg, b1, tmp_path / "ds1")
 
     # The line, cameras unchanged: the same kind of cones, decided by the old definition.
@@ -186,9 +203,16 @@ def test_a_changed_defect_definition_is_caught_by_feedback_and_trained_in(tmp_pa
     streams: dict[str, list[Any]] = {}
     for r, recipe in enumerate(L.RECIPES):
         stream = [c for c in L.items(100, index_from=1000, defects=SPARSE) if c.recipe == recipe]
-        np.random.default_rng(r).shuffle(stream)  # type: ignore[arg-type]
-        run = L.run_station(b1, store, f"cell-{r}", recipe, [L.draw(c, 1) for c in stream], stream,
-                            alerts=tmp_path / f"alerts-{r}.jsonl")
+        np.random.default_rng(10 * L.SEED + r).shuffle(stream)  # type: ignore[arg-type]
+        run = L.run_station(
+            b1,
+            store,
+            f"cell-{r}",
+            recipe,
+            [L.draw(c, 1) for c in stream],
+            stream,
+            alerts=tmp_path / f"alerts-{r}.jsonl",
+        )
         streams[run.station] = run.stream
         assert run.alarm_frames == [], f"{recipe}: the image-drift monitor alarmed on in-distribution frames"
 
@@ -200,8 +224,12 @@ def test_a_changed_defect_definition_is_caught_by_feedback_and_trained_in(tmp_pa
             db.add_feedback(int(row["id"]), L.every_defect(item))
         feedback = {f["prediction_id"]: f["label"] for f in db.feedback(limit=10_000)}
     checked = [r for r in rows if r["id"] in feedback]
-    flag = concept_drift(np.array([r["score"] for r in checked]), np.array([r["decision"] == "reject" for r in checked]),
-                         np.array([feedback[r["id"]] == "bad" for r in checked]), input_drift=False)
+    flag = concept_drift(
+        np.array([r["score"] for r in checked]),
+        np.array([r["decision"] == "reject" for r in checked]),
+        np.array([feedback[r["id"]] == "bad" for r in checked]),
+        input_drift=False,
+    )
     assert flag.flagged, flag.reason
 
     picks = _select(store, 80, b1, tmp_path / "selection")
@@ -214,8 +242,8 @@ def test_a_changed_defect_definition_is_caught_by_feedback_and_trained_in(tmp_pa
     rows_v1 = []
     for item in v1_items:
         if item.defect_type == "partial_topping":
-            name = f"{item.recipe}/v1-{item.item_id}.png"
-            shutil.copyfile(tmp_path / "raw" / item.recipe / "good" / f"{item.item_id}.png", relabel / name)
+            name = f"{item.recipe}/v1-{L.source_name(item)}"
+            shutil.copyfile(tmp_path / "raw" / item.recipe / "good" / L.source_name(item), relabel / name)
             rows_v1.append([name, "bad", item.recipe, "partial_topping"])
     labels = _label_selection(tmp_path / "selection", streams, L.every_defect, rows_v1)
     ds2 = _ingest_merged(labels, tmp_path / "ds1", tmp_path / "ds2", cfg)
@@ -223,7 +251,7 @@ def test_a_changed_defect_definition_is_caught_by_feedback_and_trained_in(tmp_pa
     assert len(partial_ids) >= len(rows_v1)
     assert set(ds2.manifest.loc[ds2.manifest["image_id"].isin(partial_ids), "label"]) == {"bad"}
 
-    _, b2 = L.train_and_export(cfg, tmp_path / "ds2", tmp_path / "b2")
+    _, b2 = L.train_and_export(cfg, tmp_path / "ds2", tmp_path / "b2", init_from=run1)
     outcome = gate(cfg, str(b2), str(tmp_path / "ds2"))
     assert outcome.champion_version == champion
     assert outcome.decision.passed, outcome.decision.reasons
@@ -231,7 +259,14 @@ def test_a_changed_defect_definition_is_caught_by_feedback_and_trained_in(tmp_pa
     held = L.items(40, index_from=5000, defects=SPARSE)
     images = [L.draw(c, 2) for c in held]
     old, new = L.balanced_accuracy(b1, held, images), L.balanced_accuracy(b2, held, images)
-    print(f"new-definition balanced accuracy: old {old:.3f}, retrained {new:.3f}; feedback flag {flag.reason}")
-    assert new >= old + 0.10, f"retrained {new:.3f} vs old {old:.3f} under the new definition"
     partial = [i for i, c in enumerate(held) if c.defect_type == "partial_topping"]
-    assert L.rejections(b2, [held[i] for i in partial], [images[i] for i in partial]).mean() >= 0.7
+    rejected = L.rejections(b2, [held[i] for i in partial], [images[i] for i in partial]).mean()
+    old_rejected = L.rejections(b1, [held[i] for i in partial], [images[i] for i in partial]).mean()
+    print(
+        f"LOOP concept seed={L.SEED}: feedback errors {flag.errors}/{flag.n} vs expected {flag.expected_errors:.1f} "
+        f"(p {flag.p_value:.2g}); disagreements first {n_disagree}; new-definition BA old {old:.3f} new {new:.3f}; "
+        f"partial toppings rejected old {old_rejected:.2f} new {rejected:.2f}; "
+        f"gate: {[c.detail for c in outcome.decision.checks][:2]}"
+    )
+    assert new >= old + 0.10, f"retrained {new:.3f} vs old {old:.3f} under the new definition"
+    assert rejected >= 0.7, f"the retrained model rejects {rejected:.2f} of partial toppings"

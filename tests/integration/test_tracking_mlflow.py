@@ -228,3 +228,21 @@ def test_a_few_new_images_are_repeated_to_match_the_rehearsal(store: dict[str, A
                         "train.rehearsal=1000"), new, progress=False)
     rec = tracking.load_run(cfg, str(result.run_id))
     assert int(rec.params["train_images"]) == n_new * -(-n_old // n_new) + n_old
+
+
+def test_fine_tuning_on_the_next_version_of_the_dataset_rehearses_nothing(store: dict[str, Any], tmp_path: Path) -> None:
+    """The loop back: v2 holds v1's images (one relabelled); rehearsal must not mix v1's old labels back in."""
+    from lineguard.manifest import write_dataset
+
+    cfg, first, old = store["cfg"], store["result"], store["ds"]
+    rows = old.manifest.copy()
+    relabelled = rows.index[rows["split"] == "train"][0]
+    rows.loc[relabelled, "label"] = "bad" if rows.loc[relabelled, "label"] == "good" else "good"
+    images = {i: (Path(old.root) / p).read_bytes() for i, p in zip(rows["image_id"], rows["path"], strict=True)}
+    v2 = write_dataset(str(tmp_path / "v2"), rows, images)
+    assert v2.version != old.version
+    result = train(_cfg(Path(cfg.workdir), f"train.init_from={first.run_id}", "train.epochs=1",
+                        "train.rehearsal=1000"), v2, progress=False)
+    rec = tracking.load_run(cfg, str(result.run_id))
+    assert rec.tags["rehearsal_dataset"] == ""
+    assert int(rec.params["train_images"]) == len(v2.split("train"))
