@@ -21,6 +21,7 @@ import numpy as np
 
 from lineguard.config import LineguardConfig, load_config
 from lineguard.synth import DEFECT_TYPES, RECIPE_IDS, Item, render_item
+from tests._labelstudio_export import labelled_export
 
 RECIPES = RECIPE_IDS[:2]
 SIZE = 64
@@ -225,37 +226,10 @@ def annotate(
     tasks: Sequence[dict[str, Any]], truth: Callable[[dict[str, Any]], Item], definition: Definition
 ) -> list[dict[str, Any]]:
     """A Label Studio JSON export of ``tasks``, as if a person had labelled each by ``definition``."""
-    out = []
-    for n, task in enumerate(tasks):
+
+    def answer(task: dict[str, Any]) -> tuple[str, str, str]:
         item = truth(task)
         label = definition(item)
-        result = [
-            {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}
-        ]
-        if label == "bad" and item.defect_type:
-            result.append(
-                {
-                    "from_name": "defect_type",
-                    "to_name": "image",
-                    "type": "choices",
-                    "value": {"choices": [item.defect_type]},
-                }
-            )
-        out.append(
-            {
-                **task,
-                "id": task.get("id", n + 1),
-                "annotations": [
-                    {
-                        "id": 10_000 + n,
-                        "completed_by": 1,
-                        "was_cancelled": False,
-                        "ground_truth": False,
-                        "created_at": "2026-01-02T10:00:00Z",
-                        "updated_at": "2026-01-02T10:00:00Z",
-                        "result": result,
-                    }
-                ],
-            }
-        )
-    return out
+        return label, "", item.defect_type if label == "bad" else ""
+
+    return labelled_export(tasks, answer)

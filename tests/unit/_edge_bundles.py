@@ -107,3 +107,26 @@ def rewrite_meta(folder: Path, change: Callable[[dict[str, Any]], None], reseal:
     if reseal:
         meta["integrity"] = integrity_block(meta)
     (folder / "bundle.json").write_text(json.dumps(meta))
+
+
+def make_champion_and_challenger(folder: Path) -> dict[str, Path]:
+    """A toy champion, its challenger (version 2, default threshold 0.9, no per-recipe thresholds: on the same
+    frames the two disagree between the thresholds) and the challenger as a .tar.gz upload."""
+    import shutil
+    import tarfile
+
+    champion = make_toy_bundle(folder / "champion")
+    challenger = folder / "challenger"
+    shutil.copytree(champion, challenger)
+
+    def to_v2(meta: dict[str, Any]) -> None:
+        meta["version"] = "2"
+        meta["decision"]["default_threshold"] = 0.9
+        meta["decision"]["per_recipe"] = {}
+
+    rewrite_meta(challenger, to_v2)
+    archive = folder / "challenger.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for f in sorted(challenger.iterdir()):
+            tar.add(f, arcname=f.name)
+    return {"champion": champion, "challenger": challenger, "archive": archive}

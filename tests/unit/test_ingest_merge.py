@@ -18,6 +18,7 @@ from lineguard import LineguardError
 from lineguard.config import IngestConfig
 from lineguard.ingest import IngestError, ingest
 from lineguard.manifest import DatasetError, load_dataset, validate
+from tests._labelstudio_export import labelled_export
 
 CFG = IngestConfig(workers=0)
 
@@ -351,55 +352,6 @@ def test_cli_merge_with(prev: Any, tmp_path: Path) -> None:
     assert "is the --out folder" in str(result.exception)
 
 
-def _annotate(tasks: list[dict[str, Any]], truth: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
-    """What Label Studio exports after people label the tasks: one annotation (label, recipe) per task."""
-    exported = []
-    for i, task in enumerate(tasks, start=1):
-        label, recipe = truth[task["data"]["source_path"]]
-        result = [
-            {
-                "from_name": "label",
-                "to_name": "image",
-                "type": "choices",
-                "value": {"choices": [label]},
-                "id": f"r{i}a",
-                "origin": "manual",
-            },
-            {
-                "from_name": "recipe",
-                "to_name": "image",
-                "type": "choices",
-                "value": {"choices": [recipe]},
-                "id": f"r{i}b",
-                "origin": "manual",
-            },
-        ]
-        exported.append(
-            {
-                "id": 500 + i,
-                "data": task["data"],
-                "predictions": [],
-                "drafts": [],
-                "meta": {},
-                "file_upload": None,
-                "annotations": [
-                    {
-                        "id": 900 + i,
-                        "completed_by": 1,
-                        "result": result,
-                        "was_cancelled": False,
-                        "ground_truth": False,
-                        "created_at": "2026-06-01T10:00:00.000000Z",
-                        "updated_at": "2026-06-01T10:00:00.000000Z",
-                        "lead_time": 3.2,
-                        "task": 500 + i,
-                    }
-                ],
-            }
-        )
-    return exported
-
-
 def test_a_label_studio_export_merges_into_the_previous_dataset(tmp_path: Path) -> None:
     from lineguard.labelstudio import export_tasks, import_export
 
@@ -432,7 +384,7 @@ def test_a_label_studio_export_merges_into_the_previous_dataset(tmp_path: Path) 
         for t in tasks
     }
     export = tmp_path / "ls" / "export.json"
-    export.write_text(json.dumps(_annotate(tasks, truth)))
+    export.write_text(json.dumps(labelled_export(tasks, lambda t: (*truth[t["data"]["source_path"]], ""))))
     labels_csv = tmp_path / "labels.csv"
     parsed = import_export(str(export), str(labels_csv), str(photos))
     assert parsed.problems == [] and len(parsed.records) == 13

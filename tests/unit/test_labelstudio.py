@@ -30,6 +30,7 @@ from lineguard.labelstudio import (
     parse_export,
     resolve_image_url,
 )
+from tests._labelstudio_export import labelled_export
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "labelstudio"
 FULL_EXPORT = FIXTURES / "project-3-at-2026-05-04-16-25-export.json"
@@ -657,67 +658,9 @@ def test_export_refuses_a_missing_source(tmp_path: Path) -> None:
 # --- the round trip ---------------------------------------------------------------------------------
 
 
-def _annotate(tasks: list[dict[str, Any]], truth: dict[str, tuple[str, str, str]]) -> list[dict[str, Any]]:
-    """What Label Studio exports after people label the imported tasks (ids assigned, annotations added)."""
-    exported = []
-    for i, task in enumerate(tasks, start=1):
-        label, recipe, defect = truth[task["data"]["source_path"]]
-        result = [
-            {
-                "from_name": "label",
-                "to_name": "image",
-                "type": "choices",
-                "value": {"choices": [label]},
-                "id": f"r{i}a",
-                "origin": "manual",
-            }
-        ]
-        if recipe:
-            result.append(
-                {
-                    "from_name": "recipe",
-                    "to_name": "image",
-                    "type": "choices",
-                    "value": {"choices": [recipe]},
-                    "id": f"r{i}b",
-                    "origin": "manual",
-                }
-            )
-        if defect:
-            result.append(
-                {
-                    "from_name": "defect_type",
-                    "to_name": "image",
-                    "type": "choices",
-                    "value": {"choices": [defect]},
-                    "id": f"r{i}c",
-                    "origin": "manual",
-                }
-            )
-        exported.append(
-            {
-                "id": 500 + i,
-                "data": task["data"],
-                "predictions": [],
-                "drafts": [],
-                "meta": {},
-                "file_upload": None,
-                "annotations": [
-                    {
-                        "id": 900 + i,
-                        "completed_by": 1,
-                        "result": result,
-                        "was_cancelled": False,
-                        "ground_truth": False,
-                        "created_at": "2026-06-01T10:00:00.000000Z",
-                        "updated_at": "2026-06-01T10:00:00.000000Z",
-                        "lead_time": 3.2,
-                        "task": 500 + i,
-                    }
-                ],
-            }
-        )
-    return exported
+def _by_source(truth: dict[str, tuple[str, str, str]]) -> Any:
+    """The person's answer for a task: the truth of its source file."""
+    return lambda task: truth[task["data"]["source_path"]]
 
 
 def test_round_trip_export_annotate_import(raw_folder: Path, tmp_path: Path) -> None:
@@ -730,7 +673,7 @@ def test_round_trip_export_annotate_import(raw_folder: Path, tmp_path: Path) -> 
         "loose.png": ("good", "chocolate_nuts", ""),
     }
     export = tmp_path / "ls" / "export.json"
-    export.write_text(json.dumps(_annotate(json.loads(tasks_file.read_text()), truth)))
+    export.write_text(json.dumps(labelled_export(json.loads(tasks_file.read_text()), _by_source(truth))))
     labels_csv = tmp_path / "labels.csv"
     parsed = import_export(str(export), str(labels_csv), str(raw_folder), label_synonyms=SYNONYMS)
     assert parsed.problems == []
@@ -747,7 +690,7 @@ def test_round_trip_from_a_dataset_keeps_image_ids(simple_dataset: Any, tmp_path
     tasks = json.loads(tasks_file.read_text())
     truth = {t["data"]["source_path"]: ("good", t["data"]["recipe"], "") for t in tasks}  # relabel all good
     export = tmp_path / "export.json"
-    export.write_text(json.dumps(_annotate(tasks, truth)))
+    export.write_text(json.dumps(labelled_export(tasks, _by_source(truth))))
     records, problems = parse_export(str(export), simple_dataset.root)
     assert problems == []
     assert {r.image_id for r in records} == set(simple_dataset.manifest["image_id"])
@@ -863,7 +806,7 @@ def test_round_trip_on_synth_messy_data_through_ingest(tmp_path: Path) -> None:
         p: (truth.at[p, "label"], truth.at[p, "recipe"], truth.at[p, "defect_type"]) for p in unlabelled
     }
     export = tmp_path / "ls" / "export.json"
-    export.write_text(json.dumps(_annotate(to_label, answers)))
+    export.write_text(json.dumps(labelled_export(to_label, _by_source(answers))))
     report = ingest(str(export), str(tmp_path / "ds"), root=str(raw))
     ds = load_dataset(str(tmp_path / "ds"))
     got = {r.source_path: (r.label, r.recipe) for r in ds.manifest.itertuples()}

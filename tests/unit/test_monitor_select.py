@@ -22,6 +22,7 @@ from lineguard.labelstudio import SELECTION_COLUMNS, LabelStudioError, import_ex
 from lineguard.labelstudio.selection import recipe_folder
 from lineguard.monitor import MonitorError
 from lineguard.monitor.select import REASONS, drift_segments, pick_diverse, select_for_labelling
+from tests._labelstudio_export import labelled_export
 
 T0 = time.time() - 7200  # recent: the store's retention keeps them
 
@@ -315,34 +316,12 @@ def test_a_label_studio_export_of_the_tasks_imports_back_with_the_recipes(tmp_pa
     out = tmp_path / "to-label"
     write_selection(sel, out)
     tasks = json.loads((out / "tasks.json").read_text())
-    export = []  # what Label Studio exports once a person labelled each task (JSON export format)
-    for n, task in enumerate(tasks):
-        label = (
-            "bad"
-            if task["data"]["feedback_label"] == "bad"
-            else task["predictions"][0]["result"][0]["value"]["choices"][0]
-        )
-        export.append(
-            {
-                "id": n + 1,
-                "data": task["data"],
-                "annotations": [
-                    {
-                        "id": 100 + n,
-                        "created_at": "2026-11-02T08:00:00Z",
-                        "was_cancelled": False,
-                        "result": [
-                            {
-                                "from_name": "label",
-                                "to_name": "image",
-                                "type": "choices",
-                                "value": {"choices": [label]},
-                            }
-                        ],
-                    }
-                ],
-            }
-        )
+    def answer(task: dict[str, Any]) -> tuple[str, str, str]:  # the person: the operator's word, else the model's
+        if task["data"]["feedback_label"] == "bad":
+            return "bad", "", ""
+        return task["predictions"][0]["result"][0]["value"]["choices"][0], "", ""
+
+    export = labelled_export(tasks, answer)
     (tmp_path / "export.json").write_text(json.dumps(export))
     parsed = import_export(str(tmp_path / "export.json"), str(tmp_path / "labels.csv"), str(out / "images"))
     assert parsed.problems == [] and len(parsed.records) == 12

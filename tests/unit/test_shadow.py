@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from lineguard.edge.shadow import ShadowError, ShadowRunner, ShadowSlot
 from lineguard.edge.sources import PushSource
 from lineguard.edge.station import load_station_config, open_station
 from lineguard.edge.store import SHADOW_REASON, PredictionRecord, Store
-from tests.unit._edge_bundles import expected_score, grey, make_toy_bundle, rewrite_meta
+from tests.unit._edge_bundles import expected_score, grey, make_champion_and_challenger
 
 # The toy model's score for a grey level (temperature 2): 50 -> 0.07, 200 -> 0.85, 250 -> 0.95. The champion
 # rejects from 0.5 (vanilla: 0.3), the challenger only from 0.9: at level 200 they disagree.
@@ -28,25 +27,11 @@ AGREE_PASS, DISAGREE, AGREE_REJECT = 50, 200, 250
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("shadow")
-    champion = make_toy_bundle(d / "champion")
-    challenger = d / "challenger"
-    shutil.copytree(champion, challenger)
-
-    def to_v2(meta: dict[str, Any]) -> None:
-        meta["version"] = "2"
-        meta["decision"]["default_threshold"] = 0.9
-        meta["decision"]["per_recipe"] = {}
-
-    rewrite_meta(challenger, to_v2)
-    tampered = d / "tampered"
-    shutil.copytree(challenger, tampered)
+    made = make_champion_and_challenger(tmp_path_factory.mktemp("shadow"))
+    tampered = made["challenger"].parent / "tampered"
+    shutil.copytree(made["challenger"], tampered)
     (tampered / "model.onnx").write_bytes((tampered / "model.onnx").read_bytes()[:-10] + b"0123456789")
-    archive = d / "challenger.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for f in sorted(challenger.iterdir()):
-            tar.add(f, arcname=f.name)
-    return {"champion": champion, "challenger": challenger, "tampered": tampered, "archive": archive}
+    return {**made, "tampered": tampered}
 
 
 def test_the_toy_scores_straddle_the_two_thresholds() -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from lineguard.edge.hotswap import ModelSlot
 from lineguard.edge.sources import PushSource
 from lineguard.edge.station import load_station_config, open_station
 from tests.unit._api_station import make_station
-from tests.unit._edge_bundles import make_toy_bundle, rewrite_meta
+from tests.unit._edge_bundles import make_champion_and_challenger
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -32,22 +30,7 @@ JSON = {**AUTH, "Content-Type": "application/json"}
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("shadow-api")
-    champion = make_toy_bundle(d / "champion")
-    challenger = d / "challenger"
-    shutil.copytree(champion, challenger)
-
-    def to_v2(meta: dict[str, Any]) -> None:
-        meta["version"] = "2"
-        meta["decision"]["default_threshold"] = 0.9
-        meta["decision"]["per_recipe"] = {}
-
-    rewrite_meta(challenger, to_v2)
-    archive = d / "challenger.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for f in sorted(challenger.iterdir()):
-            tar.add(f, arcname=f.name)
-    return {"champion": champion, "challenger": challenger, "archive": archive}
+    return make_champion_and_challenger(tmp_path_factory.mktemp("shadow-api"))
 
 
 def _served(bundles: dict[str, Path], tmp_path: Path, **shadow: Any) -> Iterator[ServedStation]:
