@@ -151,6 +151,18 @@ def _side_peaks(paths: np.ndarray, ks: np.ndarray) -> list[np.ndarray]:
     return [all_v[all_k == i] for i in range(len(kk))]
 
 
+NEVER = -1e3  # a log rate whose exp is 0.0 and that interpolates without NaNs (unlike -inf)
+
+
+class _Silent:
+    """The tail of a side whose CUSUM never starts an excursion at this slack: the reference's values on that
+    side never exceed the slack (a zero-inflated signal such as the share of clipped pixels has no lower
+    tail), so no threshold can be crossed -- a rate of zero for every ``h``."""
+
+    def log_rate(self, h: np.ndarray) -> np.ndarray:
+        return np.full(np.shape(h), NEVER)
+
+
 class _Tail:
     """Excursion rate per frame above ``h`` for one slack: counted where the simulation saw at
     least ``min_count`` peaks above ``h``, an exponential fit of the tail beyond."""
@@ -210,11 +222,15 @@ def _threshold_with_error(paths: np.ndarray, values: np.ndarray, k: float, rate:
     lo_k = max(float(ks_needed.min()), 0.05)
     grid = np.linspace(lo_k, max(float(ks_needed.max()), lo_k + 1e-3), 13)
     frames = paths.size
-    tails: list[list[_Tail]] = []
+    tails: list[list[_Tail | _Silent]] = []
     usable = len(grid)
     for sign in (1.0, -1.0):
-        side: list[_Tail] = []
-        for p in _side_peaks(sign * paths, grid):
+        side: list[_Tail | _Silent] = []
+        reach = float((sign * v).max())  # the largest step this side's CUSUM can take, before the slack
+        for slack, p in zip(grid, _side_peaks(sign * paths, grid), strict=True):
+            if reach <= slack:
+                side.append(_Silent())  # cannot start an excursion at this slack (nor at any larger one)
+                continue
             try:
                 side.append(_Tail(p, frames))
             except MonitorError:
@@ -223,7 +239,8 @@ def _threshold_with_error(paths: np.ndarray, values: np.ndarray, k: float, rate:
             raise MonitorError("the calibration saw too few excursions to fit their tail; use more reference "
                                "values, more steps or a smaller k")
         tails.append(side)
-        usable = min(usable, len(side))
+        if not all(isinstance(t, _Silent) for t in side):
+            usable = min(usable, len(side))
     grid = grid[:max(usable, 2)] if usable >= 2 else grid[:1].repeat(2) + np.array([0.0, 1e-3])
     tails = [side[:len(grid)] if len(side) >= len(grid) else side + [side[-1]] * (len(grid) - len(side))
              for side in tails]
