@@ -356,3 +356,25 @@ def test_vectorised_bootstrap_agrees_with_the_generic_one() -> None:
 
         generic = m.bootstrap_ci(y, s, 0.5, slow, n_resamples=800, seed=1)
         assert fast == pytest.approx(generic, abs=0.02), name
+
+
+def test_threshold_weighs_the_line_defect_rate_not_the_validation_mix() -> None:
+    """A validation split with a quarter defects (as ingest keeps the solar cells'): counting raw errors picks
+    a threshold for that mix; the default rate 0.5 picks the one that maximises balanced accuracy, what the
+    balanced test split measures; a line's low rate moves it up (fewer rejects)."""
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(1500), np.ones(500)].astype(int)
+    s = np.clip(np.r_[rng.normal(0.4, 0.15, 1500), rng.normal(0.6, 0.15, 500)], 0, 1)
+
+    def balanced(t: float) -> float:
+        return float(m.rates(m.confusion(y, m.decisions(s, t)))["balanced_accuracy"])
+
+    grid_best = max(balanced(t) for t in np.linspace(0, 1, 1001))
+    default = m.choose_threshold(y, s).threshold
+    raw_mix = m.choose_threshold(y, s, defect_rate=None).threshold
+    line = m.choose_threshold(y, s, defect_rate=0.02).threshold
+    assert balanced(default) >= grid_best - 1e-9
+    assert balanced(raw_mix) < grid_best - 0.02  # the mix's threshold rejects too little for balanced data
+    assert default < raw_mix < line
+    with pytest.raises(ValueError, match="defect_rate"):
+        m.choose_threshold(y, s, defect_rate=1.0)
