@@ -279,6 +279,10 @@ class TrainConfig(_Section):
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="arithmetic of the training steps (weights stay fp32); bf16 needs a CPU with native "
+        "bf16 (AVX512-BF16/AMX) and pays off only for full convolutions with OMP_WAIT_POLICY=ACTIVE on an idle "
+        "machine -- docs/training.md")
     deterministic: bool = True
     weights: str | None = Field(None, description="a torchvision/timm ImageNet state-dict file to start from")
     init_from: str | None = Field(None, description="RUN_ID, models:/name@alias or a weights file")

@@ -987,6 +987,7 @@ def fit(
     freeze = tc.freeze_epochs if fine_tuning else 0
     patience = tc.patience
 
+    precision = tc.precision
     fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model.to(memory_format=fmt)  # type: ignore[call-overload]  # oneDNN fast layout on CPU
     ema = _Ema(model, tc.ema) if tc.ema > 0 else None
@@ -1018,24 +1019,25 @@ def fit(
                                     pad_value=params.pad_value)
                 y = train_split.labels[idx].to(device)
                 x = normalise_batch(raw, params).contiguous(memory_format=fmt)
-                if head is None:
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y, weight=class_weights, label_smoothing=tc.label_smoothing)
-                else:
-                    with models.sub_class_outputs(model):
-                        sub = model(x)
-                    logits = head.group(sub)
-                    loss = _recipe_head_loss(sub, logits, y, train_groups[idx].to(device), num_classes,
-                                             class_weights, tc.label_smoothing)
-                if teacher is not None and teacher_params is not None and tc.distill_weight > 0:
-                    with torch.no_grad():
-                        t_in = raw if tuple(teacher_params.size) == tuple(params.size) else F.interpolate(
-                            raw, size=tuple(teacher_params.size), mode="bilinear", align_corners=False)
-                        t_logits = teacher(normalise_batch(t_in, teacher_params))
-                    temp = tc.distill_temperature
-                    kd = F.kl_div(F.log_softmax(logits / temp, 1), F.log_softmax(t_logits / temp, 1),
-                                  reduction="batchmean", log_target=True) * temp * temp
-                    loss = (1 - tc.distill_weight) * loss + tc.distill_weight * kd
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    if head is None:
+                        logits = model(x)
+                        loss = F.cross_entropy(logits, y, weight=class_weights, label_smoothing=tc.label_smoothing)
+                    else:
+                        with models.sub_class_outputs(model):
+                            sub = model(x)
+                        logits = head.group(sub)
+                        loss = _recipe_head_loss(sub, logits, y, train_groups[idx].to(device), num_classes,
+                                                 class_weights, tc.label_smoothing)
+                    if teacher is not None and teacher_params is not None and tc.distill_weight > 0:
+                        with torch.no_grad():
+                            t_in = raw if tuple(teacher_params.size) == tuple(params.size) else F.interpolate(
+                                raw, size=tuple(teacher_params.size), mode="bilinear", align_corners=False)
+                            t_logits = teacher(normalise_batch(t_in, teacher_params))
+                        temp = tc.distill_temperature
+                        kd = F.kl_div(F.log_softmax(logits / temp, 1), F.log_softmax(t_logits / temp, 1),
+                                      reduction="batchmean", log_target=True) * temp * temp
+                        loss = (1 - tc.distill_weight) * loss + tc.distill_weight * kd
                 factor = _lr_factor(step, warmup_steps, total_steps)
                 for g in optimizer.param_groups:
                     g["lr"] = g["base_lr"] * factor

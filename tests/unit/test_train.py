@@ -136,6 +136,17 @@ def test_device_resolution() -> None:
         resolve_device("tpu:banana")
 
 
+def test_bf16_training_learns_and_records_its_precision(tmp_path: Path, tiny_ds: Dataset) -> None:
+    """bf16 steps (weights kept fp32) learn as fp32 ones do, and the run records the precision (reproduce
+    re-runs it)."""
+    result = train(_cfg(tmp_path, "train.model=convnet", "train.width=0.25", "train.precision=bf16"), tiny_ds,
+                   track=False, progress=False)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    assert result.config.train.precision == "bf16"
+
+
 def test_unknown_model_and_missing_weights_are_clear_errors(tmp_path: Path, tiny_ds: Dataset) -> None:
     with pytest.raises(TrainError, match=r"unknown model 'resnet999'.*tinycnn"):
         train(_cfg(tmp_path, "train.model=resnet999"), tiny_ds, track=False, progress=False)
