@@ -383,18 +383,24 @@ class EdgeRuntime:
         return _MISSED
 
     def _process(self, frames: Sequence[Frame]) -> None:
-        """Decide a batch of taken frames, signal its rejects, record it; acknowledge what was recorded."""
+        """Decide a batch of taken frames, signal its rejects, record it; acknowledge what was recorded.
+
+        Monitored, the image signals of the whole batch are computed in one call after its inference
+        (:meth:`~lineguard.monitor.ImageSignals.of_inputs`: one frame costs about what the batch does),
+        then each frame in order goes to the monitor, its record gets them in ``stats``, a reject is
+        signalled, and the batch's records are written together, as unmonitored.
+        """
         recipe = self._recipe
-        predictor = self._predictor
+        predictor, monitor = self._predictor, self._monitor
         with self._lock:
             self.frames += len(frames)
         outputs: dict[str, np.ndarray] = {}
-        monitored = self._monitor is not None
-        if monitored:
+        if monitor is not None:
             preds, outputs = self._decide_with_outputs(predictor, frames, recipe)
         else:
             preds = self._decide(predictor, frames, recipe)
-        embeddings, inputs = outputs.get("embedding"), outputs.get("input")
+        embeddings = outputs.get("embedding")
+        vectors = None if monitor is None else self._batch_signals(monitor, predictor, outputs.get("input"))
         station, stats_fn = self.settings.station, self.stats_fn
         done: list[Frame] = []
         items: list[tuple[Frame, PredictionRecord, Sequence[str]]] = []
@@ -403,10 +409,11 @@ class EdgeRuntime:
                 done.append(frame)  # undecidable (counted, logged): not retried
                 continue
             # Monitored, the record's brightness and contrast are the monitor's (on the model input).
-            stats = {} if monitored else frame_stats(frame.image)
-            if monitored:
-                stats.update(self._watch(frame, pred, recipe, None if embeddings is None else embeddings[i],
-                                         None if inputs is None else inputs[i]))
+            if monitor is None:
+                stats = frame_stats(frame.image)
+            else:
+                stats = self._watch(monitor, frame, pred, recipe, None if embeddings is None else embeddings[i],
+                                    None if vectors is None else vectors[i])
             if stats_fn is not None:
                 stats.update(stats_fn(frame.image))
             rec = PredictionRecord(frame.frame_id, frame.time, station, frame.source, recipe, pred.label,
@@ -428,23 +435,26 @@ class EdgeRuntime:
             return self._decide(predictor, frames, recipe), {}
         return list(preds), out
 
-    def _watch(self, frame: Frame, pred: Prediction, recipe: str | None, embedding: np.ndarray | None,
-               model_input: np.ndarray | None) -> dict[str, float]:
-        """Feed one decided frame to the monitor; its image signals go into the record's ``stats``.
+    def _batch_signals(self, monitor: Monitor, predictor: Predictor, inputs: np.ndarray | None) -> np.ndarray | None:
+        """The image signals of a decided batch, one row per frame, from the input batch the predictor made
+        -- when it is the one the monitor's reference was computed on (always, for a bundle's own
+        reference); None otherwise (each frame's signals then come from its decoded image)."""
+        if inputs is None:
+            return None
+        if self._input_matches[:2] != (monitor, predictor):  # once per monitor and model, not per batch
+            self._input_matches = (monitor, predictor, monitor.signals.params == predictor.params)
+        return monitor.signals.of_inputs(inputs) if self._input_matches[2] else None
 
-        The signals are computed on the model input the predictor already made when it is the
-        one the monitor's reference was computed on (always, for a bundle's own reference).
+    def _watch(self, monitor: Monitor, frame: Frame, pred: Prediction, recipe: str | None,
+               embedding: np.ndarray | None, vector: np.ndarray | None) -> dict[str, float]:
+        """Feed one decided frame to the monitor (its image signals ``vector``, computed here from the frame
+        when None); returns them as the record's ``stats``.
+
+        A monitor replaced since the batch began (a hot swap) is not fed frames the old model decided.
         """
         from lineguard.monitor import as_stats
 
-        monitor, predictor = self._monitor, self._predictor
-        if monitor is None:
-            return {}
-        if self._input_matches[:2] != (monitor, predictor):  # once per monitor and model, not per frame
-            self._input_matches = (monitor, predictor, monitor.signals.params == predictor.params)
-        if model_input is not None and self._input_matches[2]:
-            vector = monitor.signals.of_input(model_input)
-        else:
+        if vector is None:
             vector = monitor.signals.of_image(frame.image)
         with self._mon_lock:
             alarms = [] if self._monitor is not monitor else monitor.update(
