@@ -436,8 +436,8 @@ def p8(bundles: dict[str, Path], repeats: int, rounds: int) -> str:
     in turn, is decided in batches of N: ``Predictor.predict`` on the batch (the unmonitored
     runtime's call), ``predict_outputs`` (the monitored runtime's: logits, embedding and the model
     input from one call), the image signals of that input batch in one call
-    (:meth:`ImageSignals.of_inputs`, as the runtime computes them), ``Monitor.update`` of each
-    frame (embedding, score, recipe, time; the station's monitor batch), and the runtime's own
+    (:meth:`ImageSignals.of_inputs`, as the runtime computes them), ``Monitor.update_many`` of the
+    batch (embeddings, scores, recipe, times, decisions; the station's monitor batch), and the runtime's own
     brightness / contrast of each frame (``frame_stats``: what a monitored runtime no longer
     computes). A step's figure is its time for the group / ``P8_GROUP`` (a batch's time / N);
     medians over the ``repeats // P8_GROUP`` groups of a round, ``rounds`` rounds.
@@ -455,10 +455,10 @@ def p8(bundles: dict[str, Path], repeats: int, rounds: int) -> str:
              "figure is its batch's time / N. Inference: `Predictor.predict` of the batch (what an unmonitored "
              "runtime runs); the monitored runtime's `predict_outputs` also returns the embedding and the model "
              "input. Monitoring = the image signals of the batch's model input in one call "
-             "(`ImageSignals.of_inputs`) + `Monitor.update` of each frame (embedding, score, recipe, time) with "
-             f"the station's monitor batch of {EDGE_BATCH} frames (`lineguard.monitor.EDGE_BATCH`). N = 1 is a "
+             "(`ImageSignals.of_inputs`) + `Monitor.update_many` of the batch (embeddings, scores, recipe, times, "
+             f"decisions), as the runtime feeds it, with the station's monitor batch of {EDGE_BATCH} frames (`lineguard.monitor.EDGE_BATCH`). N = 1 is a "
              "live camera (decided frame by frame); N = 8 the station's default `batch` for file sources.", "",
-             "| bundle | N | round | predict ms | predict_outputs ms | signals ms | Monitor.update ms | "
+             "| bundle | N | round | predict ms | predict_outputs ms | signals ms | Monitor.update_many ms | "
              "monitoring / predict | frame_stats ms (not run when monitored) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, path in bundles.items():
@@ -488,9 +488,10 @@ def p8(bundles: dict[str, Path], repeats: int, rounds: int) -> str:
                         c = time.perf_counter()
                         vectors = signals.of_inputs(out["input"])
                         d = time.perf_counter()
-                        for j, p in enumerate(preds):
-                            clock += 1.0
-                            mon.update(vectors[j], out["embedding"][j], p.score, recipe, time=clock)
+                        mon.update_many(vectors, out["embedding"], [p.score for p in preds], recipe,
+                                        times=[clock + j for j in range(len(preds))],
+                                        rejected=[p.decision == "reject" for p in preds])
+                        clock += len(preds)
                         e = time.perf_counter()
                         for f in batch:
                             frame_stats(f)

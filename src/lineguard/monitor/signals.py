@@ -60,7 +60,13 @@ _LAPLACIAN = np.array([1.0, -4.0, 1.0, 1.0, 1.0], np.float32)
 RAW_PIXELS = "frame pixels"  # ImageSignals.source without preprocessing
 _KEPT_BATCH_SIZES = 4  # work buffers kept per plan: the station's batch size, its last partial batch, ...
 # The signals (rows of the result) that are means, and the rows of ImageSignals._means they are.
-_AS_MEANS, _MEAN_ROWS = [0, 4, 5, 6, 7, 8], [8, 11, 12, 13, 14, 15]
+# The rows of ImageSignals' map of the per-frame sums: the nine signals, then the means (grey, red - green
+# centred and not, Laplacian, 0, (red + green) / 2 - blue centred and not, 0) and, paired with them, the
+# second moments (grey, red - green, 0, Laplacian, 0, (red + green) / 2 - blue, 0, 0).
+_MEANS, _SECOND, _Q_ROWS = slice(9, 17), slice(17, 25), 25
+# contrast, sharpness and colourfulness from [sd of grey, sqrt(var rg + var yb), sqrt(mean rg^2 + mean yb^2),
+# var of the Laplacian]
+_SPREADS = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.3, 0.0]])
 
 
 class SignalError(LineguardError):
@@ -94,7 +100,7 @@ class _Work:
         self.extremes = np.empty((2, batch * n), np.float32)  # darkest channel, minus the brightest, per pixel
         # Per cross: its darkest channel, the Laplacian of grey at its centre, and its square.
         self.crosses = np.empty((3, batch, patches), np.float32)
-        self.sums = np.empty((12, batch), np.float32)
+        self.sums = np.ones((13, batch), np.float32)  # rows 0-11 the reductions' (per frame); 12 stays ones
 
 
 class _Plan:
@@ -116,7 +122,7 @@ class _Plan:
         chan = np.arange(3)[:, None] if channels == 3 else np.zeros((3, 1), np.int64)
         self.index = (chan * (h * w) + ys * w + xs) if planar else ((ys * w + xs) * 3 + chan)  # 3 x n, one frame
         # The sums to means: the pixel rows' sums divided by the n pixels, the crosses' by the patches.
-        self.means = means * np.repeat([1.0 / self.n, 1.0 / p], [9, 3])
+        self.means = means * np.repeat([1.0 / self.n, 1.0 / p, 1.0], [9, 3, 1])
         self._work: dict[int, _Work] = {}
 
     def work(self, batch: int) -> _Work:
@@ -170,20 +176,23 @@ class ImageSignals:
         # sit on whole grey levels: a batch and its frames alone must count them alike).
         self._clip_edges = np.array([_UNDER - _CLIP_MARGIN - offsets[0], _OVER - _CLIP_MARGIN - offsets[0]],
                                     np.float32)
-        # The per-frame means (the rows of _Work.sums, each divided by its count) to the signals that are
-        # means, and the centred means and second moments the variances need: an affine map, per row
-        # (source row, factor).
-        means, shift = np.zeros((16, 12)), np.zeros((16, 1))
-        for row, col in enumerate([0, 1, 2, 10, 3, 4, 5, 11, 0, 1, 2, 6, 2, 8, 7, 9]):
+        # The per-frame sums (the rows of _Work.sums; the plan divides each by its count) to the result.
+        # Rows of the result (_Q_ROWS): the nine signals in IMAGE_SIGNALS order (those that are means
+        # final, contrast, sharpness and colourfulness zero here), then the means and the second
+        # moments the variances need, paired so that one subtraction and one addition give them all.
+        means = np.zeros((_Q_ROWS, 13))
+        for row, col in [(0, 0), (4, 6), (5, 2), (6, 8), (7, 7), (8, 9),  # the signals that are means
+                         (9, 0), (10, 1), (11, 1), (12, 10), (14, 2), (15, 2),  # the means of _MEANS
+                         (17, 3), (18, 4), (20, 11), (22, 5)]:  # the second moments of _SECOND
             means[row, col] = 1.0
-        means[12, 1] = 0.5  # colour balance: red - blue = (red + green) / 2 - blue + (red - green) / 2
-        means[12] /= 255.0
-        means[15] /= 255.0
-        shift[8:11, 0] = offsets  # brightness, red - green, (red + green) / 2 - blue: the centring undone
-        shift[11, 0] = 1.0  # saturation: 1 - (min + 1) / (max + 1)
-        shift[12, 0] = (offsets[2] + 0.5 * offsets[1]) / 255.0
-        shift[15, 0] = -_LIFT / 255.0  # haze: the darkest channel of a cross, unlifted, 0..1
-        self._means, self._means_shift = means, shift
+        means[5, 1] = 0.5  # colour balance: red - blue = (red + green) / 2 - blue + (red - green) / 2
+        means[[5, 8]] /= 255.0
+        # The shifts (the column of the ones row): the centring undone, saturation's 1 -, haze's lift.
+        means[[0, 11, 15], 12] = offsets[0], offsets[1], offsets[2]
+        means[4, 12] = 1.0  # saturation: 1 - (min + 1) / (max + 1)
+        means[5, 12] = (offsets[2] + 0.5 * offsets[1]) / 255.0
+        means[8, 12] = -_LIFT / 255.0  # haze: the darkest channel of a cross, unlifted, 0..1
+        self._means = means
         self._local = threading.local()
 
     @property
@@ -277,20 +286,18 @@ class ImageSignals:
         # full resolution -- what blur, smear and defocus take away first.
         np.matmul(_LAPLACIAN, grey.reshape(frames, 5, patches), out=crosses[1])
         np.multiply(crosses[1], crosses[1], out=crosses[2])
-        np.add.reduce(crosses, axis=2, out=sums[9:])
-        # Means (of the centred rows, and the signals that are means), then the variances.
-        q = np.matmul(plan.means, sums) + self._means_shift
-        mean, second = q[:4], q[4:8]
-        var = second - mean * mean
-        np.maximum(var, 0.0, out=var)
-        rg_mean, yb_mean = q[9], q[10]
-        out = np.empty((len(IMAGE_SIGNALS), frames))
-        out[_AS_MEANS] = q[_MEAN_ROWS]
-        np.sqrt(var[0], out=out[1])  # contrast: the standard deviation of grey
-        out[2] = var[3]  # sharpness: the variance of the Laplacian
-        # Hasler and Suesstrunk's colourfulness.
-        out[3] = np.sqrt(var[1] + var[2]) + 0.3 * np.sqrt(rg_mean * rg_mean + yb_mean * yb_mean)
-        return out.T.copy()
+        np.add.reduce(crosses, axis=2, out=sums[9:12])
+        # The signals that are means, the means and second moments (one map), then the spreads.
+        q = np.matmul(plan.means, sums)
+        mean, second = q[_MEANS], q[_SECOND]
+        np.multiply(mean, mean, out=mean)
+        np.subtract(second, mean, out=second)  # variances; minus the squared means of rg and yb
+        np.abs(second, out=second)  # (a variance below 0 is float rounding: as small either way)
+        np.add(second[:4], second[4:], out=second[:4])  # [var grey, var rg + var yb, rg^2 + yb^2, var lap]
+        np.sqrt(second[:3], out=second[:3])
+        # contrast, sharpness, and Hasler and Suesstrunk's colourfulness
+        np.matmul(_SPREADS, second[:4], out=q[1:4])
+        return q[:len(IMAGE_SIGNALS)].T.copy()
 
 
 @lru_cache(maxsize=16)
