@@ -356,7 +356,7 @@ class Monitor:
         for name, given in (("embeddings", embeddings), ("scores", scores), ("times", times), ("rejected", rejected)):
             if given is not None and len(given) != count:
                 raise MonitorError(f"update_many needs one {name} entry per frame: {count} frames, {len(given)} given")
-        if self.batch == 1:
+        if self.batch == 1 or count == 1:  # nothing to gain over the per-frame path
             out: list[Alarm] = []
             for i in range(count):
                 out += self.update(stats[i], None if embeddings is None else embeddings[i],

@@ -18,17 +18,17 @@ are the input; the reference records which it was (:attr:`ImageSignals.source`).
 **One implementation, batched.** The formulas are written once, over a batch of N frames
 (:meth:`ImageSignals.of_inputs`, what the station runs on each inference batch); one frame
 (:meth:`ImageSignals.of_input`, :meth:`ImageSignals.of_image`, the reference) is the batch of
-one. So export and edge cannot disagree, and a batch costs about the same dozen numpy calls
+one. So export and edge cannot disagree, and a batch costs about the same twenty numpy calls
 as one frame: at the edge's sizes those calls' overhead, not the arithmetic, was the cost.
 
 **Cost.** Written for a per-frame budget of a few percent of one inference: global
-statistics on a strided subsample of about ``5 * PATCHES`` pixels of the input (a gather, no
-resampling), in one float32 buffer holding every frame of the batch channel-major; every
-per-pixel value (lifted channels, their negatives, centred grey and opponent colours) from
-one 9 x 4 affine map (one BLAS call); means and variances from sums of those rows; sharpness
-on crosses of adjacent pixels at the input's full resolution (subsampling would hide exactly
-the blur it must see). Buffers are kept per thread, shape and batch size, so a batch
-allocates almost nothing.
+statistics on a strided subsample of ``5 * PATCHES`` pixels of the input (five strided
+copies, no resampling), in one float32 buffer holding every frame of the batch
+channel-major; every per-pixel value (lifted channels, centred grey and opponent colours)
+from one 6 x 4 affine map (one BLAS call); means and variances from sums of those rows;
+sharpness on crosses of adjacent pixels at the input's full resolution (subsampling would
+hide exactly the blur it must see). Buffers are kept per thread, shape and batch size, so a
+batch allocates almost nothing.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ _CLIP_MARGIN = 0.01  # grey levels: the clip edges' margin for float rounding (s
 _LIFT = 1.0
 # The 4-neighbour Laplacian over a cross's (left, centre, right, up, down) pixels.
 _LAPLACIAN = np.array([1.0, -4.0, 1.0, 1.0, 1.0], np.float32)
+_CROSS = ((0, -1), (0, 0), (0, 1), (-1, 0), (1, 0))  # (dy, dx) of a cross's left, centre, right, up, down pixels
 RAW_PIXELS = "frame pixels"  # ImageSignals.source without preprocessing
 _KEPT_BATCH_SIZES = 4  # work buffers kept per plan: the station's batch size, its last partial batch, ...
 # The signals (rows of the result) that are means, and the rows of ImageSignals._means they are.
@@ -85,52 +86,61 @@ def _check_image(image: np.ndarray) -> None:
 class _Work:
     """The buffers of one batch size: the gathered input rows, the per-pixel rows, the per-frame sums."""
 
-    def __init__(self, index: np.ndarray, size: int, batch: int, n: int, patches: int) -> None:
-        # Flat positions of every sampled value in the (batch, size) input: channel-major, then frame,
-        # then the cross-major pixel order of one frame -- so one gather fills the rows and every
-        # per-frame sum runs over a contiguous block of n values.
-        self.index = (index.reshape(3, 1, n) + (np.arange(batch) * size)[None, :, None]).astype(np.intp)
-        # Rows: the input's three channels (normalised, so near zero: float32 sums stay exact) and ones.
+    def __init__(self, batch: int, n: int, patches: int) -> None:
+        # Rows: the input's three channels (normalised, so near zero: float32 sums stay exact) and ones;
+        # channel-major, then frame, then the cross-major pixel order of one frame, so every per-frame
+        # sum runs over a contiguous block of n values.
         self.x = np.ones((4, batch * n), np.float32)
         self.x3 = self.x[:3].reshape(3, batch, n)
-        # Per sampled pixel (0..255 units): red, green, blue (each + _LIFT), the same negated (rows 0-5);
-        # then the rows summed per frame (_PIXEL_SUMS): centred grey, red - green, (red + green) / 2 - blue,
-        # their squares, -(min + 1) / (max + 1), black and blown-out flags.
-        self.pixels = np.empty((15, batch * n), np.float32)
-        self.extremes = np.empty((2, batch * n), np.float32)  # darkest channel, minus the brightest, per pixel
+        # Per sampled pixel (0..255 units): red, green, blue (each + _LIFT); then the rows summed per frame:
+        # centred grey, red - green, (red + green) / 2 - blue, (min + 1) / (max + 1), black and blown-out flags.
+        self.pixels = np.empty((9, batch * n), np.float32)
+        self.extremes = np.empty((2, batch * n), np.float32)  # darkest and brightest channel, per pixel
         # Per cross: its darkest channel, the Laplacian of grey at its centre, and its square.
         self.crosses = np.empty((3, batch, patches), np.float32)
-        self.sums = np.ones((13, batch), np.float32)  # rows 0-11 the reductions' (per frame); 12 stays ones
+        # Per frame: the sums of the summed pixel rows (0-5), of the centred rows' squares (6-8), of the
+        # cross rows (9-11); row 12 stays ones (the shifts of ImageSignals' map).
+        self.sums = np.ones((13, batch), np.float32)
 
 
 class _Plan:
     """Everything that depends only on the input's layout and shape: which pixels to read, the work buffers."""
 
-    def __init__(self, planar: bool, channels: int, h: int, w: int, means: np.ndarray) -> None:
+    def __init__(self, h: int, w: int, means: np.ndarray) -> None:
         # PATCHES crosses (a pixel and its four neighbours) at the centres of a grid of cells of side ``stride``.
         stride = max(3, math.isqrt(h * w // PATCHES))
         ph, pw = max(1, h // stride), max(1, w // stride)
         self.patches = p = ph * pw
         self.n = 5 * p
-        self.size = channels * h * w
+        self.grid = (stride, ph, pw)
         # Cross-major: the left, centre, right, up and down pixels of every cross each in one contiguous
         # block of ``patches`` values, so cross statistics are row operations.
         cy = (np.arange(ph) * stride + 1)[:, None].repeat(pw, 1).ravel()
         cx = (np.arange(pw) * stride + 1)[None, :].repeat(ph, 0).ravel()
-        ys = np.concatenate([cy, cy, cy, cy - 1, cy + 1])
-        xs = np.concatenate([cx - 1, cx, cx + 1, cx, cx])
-        chan = np.arange(3)[:, None] if channels == 3 else np.zeros((3, 1), np.int64)
-        self.index = (chan * (h * w) + ys * w + xs) if planar else ((ys * w + xs) * 3 + chan)  # 3 x n, one frame
+        ys = np.concatenate([cy + dy for dy, _ in _CROSS])
+        xs = np.concatenate([cx + dx for _, dx in _CROSS])
+        # An HxWx3 frame's pixels (of_image without preprocessing) are gathered by flat position.
+        self.index = ((ys * w + xs) * 3 + np.arange(3)[:, None]).astype(np.intp)[:, None, :]  # 3 x 1 x n
         # The sums to means: the pixel rows' sums divided by the n pixels, the crosses' by the patches.
         self.means = means * np.repeat([1.0 / self.n, 1.0 / p, 1.0], [9, 3, 1])
         self._work: dict[int, _Work] = {}
+
+    def gather(self, batch: np.ndarray, work: _Work) -> None:
+        """Copy the sampled values of an N x C x H x W batch into ``work``'s rows: five strided copies (one per
+        pixel of the cross), whole batch and every channel each (a grey input's one channel fills all three)."""
+        stride, ph, pw = self.grid
+        cells = work.x3.reshape(3, len(batch), 5, ph, pw)
+        channels = batch.transpose(1, 0, 2, 3)
+        for k, (dy, dx) in enumerate(_CROSS):
+            oy, ox = 1 + dy, 1 + dx
+            np.copyto(cells[:, :, k], channels[:, :, oy:oy + ph * stride:stride, ox:ox + pw * stride:stride])
 
     def work(self, batch: int) -> _Work:
         work = self._work.get(batch)
         if work is None:
             if len(self._work) >= _KEPT_BATCH_SIZES:
                 self._work.pop(next(iter(self._work)))
-            work = self._work[batch] = _Work(self.index, self.size, batch, self.n, self.patches)
+            work = self._work[batch] = _Work(batch, self.n, self.patches)
         return work
 
 
@@ -162,11 +172,10 @@ class ImageSignals:
         # Centred rows (the pixel value minus b's share: near zero, so float32 sums of squares stay
         # exact): grey, and Hasler and Suesstrunk's opponent colours red - green, (red + green) / 2 - blue.
         centred = np.array([luma, [1.0, -1.0, 0.0], [0.5, 0.5, -1.0]])
-        affine = np.zeros((9, 4))
+        affine = np.zeros((6, 4))
         affine[[0, 1, 2], [0, 1, 2]] = a
         affine[:3, 3] = b + _LIFT
-        affine[3:6] = -affine[:3]
-        affine[6:9, :3] = centred * a
+        affine[3:6, :3] = centred * a
         self._affine = affine.astype(np.float32)  # the pixel rows from the input rows and the ones row
         # What the centring took away: the means of grey, red - green and (red + green) / 2 - blue are
         # those of the centred rows plus these.
@@ -181,10 +190,11 @@ class ImageSignals:
         # final, contrast, sharpness and colourfulness zero here), then the means and the second
         # moments the variances need, paired so that one subtraction and one addition give them all.
         means = np.zeros((_Q_ROWS, 13))
-        for row, col in [(0, 0), (4, 6), (5, 2), (6, 8), (7, 7), (8, 9),  # the signals that are means
+        for row, col in [(0, 0), (5, 2), (6, 5), (7, 4), (8, 9),  # the signals that are means
                          (9, 0), (10, 1), (11, 1), (12, 10), (14, 2), (15, 2),  # the means of _MEANS
-                         (17, 3), (18, 4), (20, 11), (22, 5)]:  # the second moments of _SECOND
+                         (17, 6), (18, 7), (20, 11), (22, 8)]:  # the second moments of _SECOND
             means[row, col] = 1.0
+        means[4, 3] = -1.0  # saturation: 1 - (min + 1) / (max + 1)
         means[5, 1] = 0.5  # colour balance: red - blue = (red + green) / 2 - blue + (red - green) / 2
         means[[5, 8]] /= 255.0
         # The shifts (the column of the ones row): the centring undone, saturation's 1 -, haze's lift.
@@ -202,14 +212,13 @@ class ImageSignals:
             return RAW_PIXELS
         return json.dumps(self.params.to_dict(), sort_keys=True)
 
-    def _plan(self, planar: bool, channels: int, h: int, w: int) -> _Plan:
-        plans: dict[tuple[bool, int, int, int], _Plan] | None = getattr(self._local, "plans", None)
+    def _plan(self, h: int, w: int) -> _Plan:
+        plans: dict[tuple[int, int], _Plan] | None = getattr(self._local, "plans", None)
         if plans is None:
             plans = self._local.plans = {}
-        key = (planar, channels, h, w)
-        plan = plans.get(key)
+        plan = plans.get((h, w))
         if plan is None:
-            plan = plans[key] = _Plan(planar, channels, h, w, self._means)
+            plan = plans[(h, w)] = _Plan(h, w, self._means)
         return plan
 
     def of_image(self, image: np.ndarray) -> np.ndarray:
@@ -219,9 +228,9 @@ class ImageSignals:
             return self.of_input(preprocess(image, self.params))
         # The frame's own pixels, scaled into a normalised input's range on the way in.
         h, w = image.shape[:2]
-        plan = self._plan(False, 3, h, w)
+        plan = self._plan(h, w)
         work = plan.work(1)
-        np.multiply(np.take(image.reshape(-1), work.index, mode="clip"), 1.0 / 63.75, out=work.x3)
+        np.multiply(np.take(image.reshape(-1), plan.index, mode="clip"), 1.0 / 63.75, out=work.x3)
         work.x3 -= 2.0
         return self._signals(plan, work, 1)[0]
 
@@ -254,10 +263,10 @@ class ImageSignals:
                 want = f"a float32 batch of model inputs of shape (N, {', '.join(map(str, params.input_shape))}), N >= 1"
             raise SignalError(f"image signals need {want}, got {getattr(given, 'shape', type(given).__name__)} "
                               f"{getattr(given, 'dtype', '')}".rstrip())
-        frames, c, h, w = batch.shape
-        plan = self._plan(True, c, h, w)
+        frames, _, h, w = batch.shape
+        plan = self._plan(h, w)
         work = plan.work(frames)
-        np.take(np.ascontiguousarray(batch).reshape(-1), work.index, out=work.x3, mode="clip")
+        plan.gather(batch, work)
         return self._signals(plan, work, frames)
 
     def _signals(self, plan: _Plan, work: _Work, frames: int) -> np.ndarray:
@@ -269,17 +278,17 @@ class ImageSignals:
         """
         n, patches = plan.n, plan.patches
         pixels, extremes, crosses, sums = work.pixels, work.extremes, work.crosses, work.sums
-        np.matmul(self._affine, work.x, out=pixels[:9])
-        grey = pixels[6]
-        np.multiply(pixels[6:9], pixels[6:9], out=pixels[9:12])
-        # min, and -max, over the channels, per pixel
-        np.minimum.reduce(pixels[:6].reshape(2, 3, frames * n), axis=1, out=extremes)
+        np.matmul(self._affine, work.x, out=pixels[:6])
+        grey, centred = pixels[3], pixels[3:6].reshape(3, frames, n)
+        np.minimum.reduce(pixels[:3], axis=0, out=extremes[0])  # the darkest channel, per pixel
+        np.maximum.reduce(pixels[:3], axis=0, out=extremes[1])  # the brightest
         lo = extremes[0]
-        np.divide(lo, extremes[1], out=pixels[12])  # -(min + 1) / (max + 1)
+        np.divide(lo, extremes[1], out=pixels[6])  # (min + 1) / (max + 1)
         # Clipped pixels: grey below _UNDER or at least _OVER (grey is centred: the edges are too).
-        np.less(grey, self._clip_edges[0], out=pixels[13])
-        np.greater_equal(grey, self._clip_edges[1], out=pixels[14])
-        np.add.reduce(pixels[6:15].reshape(9, frames, n), axis=2, out=sums[:9])
+        np.less(grey, self._clip_edges[0], out=pixels[7])
+        np.greater_equal(grey, self._clip_edges[1], out=pixels[8])
+        np.add.reduce(pixels[3:9].reshape(6, frames, n), axis=2, out=sums[:6])
+        np.einsum("kfj,kfj->kf", centred, centred, out=sums[6:9])
         # Dark channel prior (He et al. 2009): haze lifts the darkest channel of every small patch (a cross).
         np.minimum.reduce(lo.reshape(frames, 5, patches), axis=1, out=crosses[0])
         # Sharpness: variance of the 4-neighbour Laplacian of grey at the crosses' centres, at the input's
