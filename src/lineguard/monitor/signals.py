@@ -119,15 +119,22 @@ class _Plan:
         cx = (np.arange(pw) * stride + 1)[None, :].repeat(ph, 0).ravel()
         ys = np.concatenate([cy + dy for dy, _ in _CROSS])
         xs = np.concatenate([cx + dx for _, dx in _CROSS])
-        # An HxWx3 frame's pixels (of_image without preprocessing) are gathered by flat position.
-        self.index = ((ys * w + xs) * 3 + np.arange(3)[:, None]).astype(np.intp)[:, None, :]  # 3 x 1 x n
+        # One frame's pixels are gathered by flat position (3 x 1 x n): an HxWx3 frame's (of_image without
+        # preprocessing), and a C x H x W input's (a batch of one: one gather costs less than five copies).
+        self.index = ((ys * w + xs) * 3 + np.arange(3)[:, None]).astype(np.intp)[:, None, :]
+        self.planar_index = {c: ((np.arange(3) if c == 3 else np.zeros(3, np.int64))[:, None] * (h * w)
+                                 + ys * w + xs).astype(np.intp)[:, None, :] for c in (1, 3)}
         # The sums to means: the pixel rows' sums divided by the n pixels, the crosses' by the patches.
         self.means = means * np.repeat([1.0 / self.n, 1.0 / p, 1.0], [9, 3, 1])
         self._work: dict[int, _Work] = {}
 
     def gather(self, batch: np.ndarray, work: _Work) -> None:
         """Copy the sampled values of an N x C x H x W batch into ``work``'s rows: five strided copies (one per
-        pixel of the cross), whole batch and every channel each (a grey input's one channel fills all three)."""
+        pixel of the cross), whole batch and every channel each (a grey input's one channel fills all three);
+        one frame by one gather (measured after an inference: 13 us against 21 for the copies)."""
+        if len(batch) == 1:
+            np.take(batch.reshape(-1), self.planar_index[batch.shape[1]], out=work.x3, mode="clip")
+            return
         stride, ph, pw = self.grid
         cells = work.x3.reshape(3, len(batch), 5, ph, pw)
         channels = batch.transpose(1, 0, 2, 3)
