@@ -432,8 +432,9 @@ P8_GROUP = 16  # frames timed together: a whole number of batches of every size,
 def p8(bundles: dict[str, Path], repeats: int, rounds: int) -> str:
     """The per-frame cost of monitoring beside inference, in one process, batch by batch interleaved.
 
-    The frames go in groups of ``P8_GROUP``; each group, for every batch size N of ``P8_BATCHES``
-    in turn, is decided in batches of N: ``Predictor.predict`` on the batch (the unmonitored
+    The frames go in groups of ``P8_GROUP``; in each round, for every batch size N of ``P8_BATCHES``
+    in turn, every group is decided in batches of N (one batch size at a time, as one station runs:
+    interleaving the sizes would let one's working set evict another's between calls): ``Predictor.predict`` on the batch (the unmonitored
     runtime's call), ``predict_outputs`` (the monitored runtime's: logits, embedding and the model
     input from one call), the image signals of that input batch in one call
     (:meth:`ImageSignals.of_inputs`, as the runtime computes them), ``Monitor.update_many`` of the
@@ -450,8 +451,9 @@ def p8(bundles: dict[str, Path], repeats: int, rounds: int) -> str:
     frames, recipes, _ = _synth_frames(5, 8)
     groups = max(1, repeats // P8_GROUP)
     lines = [f"Median per frame over {groups} groups of {P8_GROUP} frames (128 px synth frames, 40 distinct ones in "
-             f"turn), {rounds} rounds; each group decided in batches of N = {', '.join(map(str, P8_BATCHES))} in "
-             "turn, every step timed in the same loop (so load on the shared machine hits all alike); a step's "
+             f"turn), {rounds} rounds; in each round all groups decided in batches of N = "
+             f"{', '.join(map(str, P8_BATCHES))} in turn (one batch size at a time, as a station runs), every "
+             "step of a batch timed in the same loop (so load on the shared machine hits all alike); a step's "
              "figure is its batch's time / N. Inference: `Predictor.predict` of the batch (what an unmonitored "
              "runtime runs); the monitored runtime's `predict_outputs` also returns the embedding and the model "
              "input. Monitoring = the image signals of the batch's model input in one call "
@@ -473,12 +475,12 @@ def p8(bundles: dict[str, Path], repeats: int, rounds: int) -> str:
         clock = 1.8e9
         for rnd in range(rounds):
             t = np.zeros((len(P8_BATCHES), groups, 5))
-            for g in range(groups):
-                start = (g * P8_GROUP) % len(frames)
-                group = [frames[(start + j) % len(frames)] for j in range(P8_GROUP)]
-                recipe = recipes[start]
-                for k, nb in enumerate(P8_BATCHES):
-                    mon, signals = monitors[nb], monitors[nb].signals
+            for k, nb in enumerate(P8_BATCHES):
+                mon, signals = monitors[nb], monitors[nb].signals
+                for g in range(groups):
+                    start = (g * P8_GROUP) % len(frames)
+                    group = [frames[(start + j) % len(frames)] for j in range(P8_GROUP)]
+                    recipe = recipes[start]
                     for b0 in range(0, P8_GROUP, nb):
                         batch = group[b0:b0 + nb]
                         a = time.perf_counter()
