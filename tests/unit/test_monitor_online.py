@@ -207,3 +207,41 @@ def test_a_batched_monitor_raises_the_per_frame_alarms(reference: Reference, bat
     assert len(expected) > 5 and sorted(got) == sorted(expected)
     assert mon.status()["frames"] == 3000
     assert np.allclose(mon.cusum_state.upper, state.upper) and np.allclose(mon.cusum_state.lower, state.lower)
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_a_batch_of_frames_fed_at_once_equals_each_frame_fed_alone(reference: Reference, batch: int) -> None:
+    """update_many (the station's inference batch in one call) leaves the monitor as N update calls would:
+    the same alarms, CUSUM state, KPIs and estimate, with chunks that straddle the monitor's batch."""
+    one, many = Monitor(reference, arl0=200, batch=batch), Monitor(reference, arl0=200, batch=batch)
+    rng = np.random.default_rng(3)
+    got_one: list[tuple[int, str, str, int]] = []
+    got_many: list[tuple[int, str, str, int]] = []
+    frame, chunk_no = 0, 0
+    while frame < 1500:
+        size = int(rng.integers(1, 21))
+        recipe = "vanilla" if chunk_no % 5 < 3 else "chocolate"
+        with_embedding = chunk_no % 7 != 3
+        xs, es = zip(*[_frame(rng, recipe, shift=0.9 if (frame + j) % 600 > 420 else 0.0) for j in range(size)],
+                     strict=True)
+        stats, emb = np.array(xs), np.array(es)
+        scores = rng.random(size)
+        times = [1.8e9 + 7.0 * (frame + j) for j in range(size)]
+        rejected = None if chunk_no % 2 else list(scores > 0.7)
+        for j in range(size):
+            got_one += [(a.frame, a.signal, a.direction, a.since) for a in one.update(
+                stats[j], emb[j] if with_embedding else None, float(scores[j]), recipe, time=times[j],
+                rejected=None if rejected is None else bool(rejected[j]))]
+        got_many += [(a.frame, a.signal, a.direction, a.since) for a in many.update_many(
+            stats, emb if with_embedding else None, scores, recipe, times=times, rejected=rejected)]
+        frame += size
+        chunk_no += 1
+    got_one += [(a.frame, a.signal, a.direction, a.since) for a in one.flush()]
+    got_many += [(a.frame, a.signal, a.direction, a.since) for a in many.flush()]
+    assert len(got_one) > 5 and got_many == got_one
+    assert many.status() == one.status()
+    assert np.array_equal(many.cusum_state.upper, one.cusum_state.upper)
+    assert np.array_equal(many.cusum_state.lower, one.cusum_state.lower)
+    assert many.kpis() == one.kpis() and many.estimate().balanced_accuracy == one.estimate().balanced_accuracy
+    with pytest.raises(MonitorError, match="one scores entry per frame"):
+        many.update_many(stats, None, scores[:-1], "vanilla")

@@ -93,9 +93,56 @@ def test_the_reference_and_the_edge_compute_the_same_signals_of_an_image(tmp_pat
     assert monitor.signals.params == params
     edge = np.stack([monitor.signals.of_input(x) for x in out["input"]])
     assert np.array_equal(edge, reference.values)
+    # the station computes a whole batch at once: the same numbers, to float rounding
+    np.testing.assert_allclose(monitor.signals.of_inputs(out["input"]), reference.values, rtol=1e-6, atol=1e-9)
     assert np.array_equal(edge[0], signal_vector(images[0], params))
     with pytest.raises(SignalError, match="model input of shape"):
         ImageSignals(params).of_input(out["input"][0][:, :16])
+
+
+@pytest.mark.parametrize("color", ["rgb", "grey"])
+@pytest.mark.parametrize("frames", [1, 16])
+def test_a_batch_gives_every_input_its_own_signals(color: str, frames: int) -> None:
+    """The station's batched signals (of_inputs) equal each input's alone (of_input, what export's reference
+    uses), on inputs of odd sizes, from black to blown out, for a grey and an RGB model."""
+    from lineguard.monitor.signals import ImageSignals
+    from lineguard.preprocess import PreprocessParams, preprocess_batch
+
+    rng = np.random.default_rng(frames)
+    grey = color == "grey"
+    # stretched (no letterbox padding): the brightest frame's clipped pixels are its own
+    params = PreprocessParams(size=(37, 53), resize="stretch", color="grey", mean=(0.45,), std=(0.226,)) if grey \
+        else PreprocessParams(size=(61, 45), resize="stretch")
+    # Frames of every brightness (the clip counts see black and blown-out pixels), at odd camera sizes.
+    levels = [255.0 * i / max(frames - 1, 1) for i in range(frames)]
+    images = [np.clip(rng.normal(level, 40, (71 + 2 * i, 93, 1)) + rng.normal(0, 8, (71 + 2 * i, 93, 3)), 0, 255
+                      ).astype(np.uint8) for i, level in enumerate(levels)]
+    batch = preprocess_batch(images, params)
+    signals = ImageSignals(params)
+    together = signals.of_inputs(batch)
+    alone = np.stack([signals.of_input(x) for x in batch])
+    assert together.shape == (frames, len(IMAGE_SIGNALS)) and np.isfinite(together).all()
+    np.testing.assert_allclose(together, alone, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(alone[0], signal_vector(images[0], params), rtol=1e-6, atol=1e-9)
+    if frames > 1:  # the frames differ, so a batch that mixed them up could not pass
+        assert np.ptp(together[:, IMAGE_SIGNALS.index("brightness")]) > 100
+        over, under = IMAGE_SIGNALS.index("overexposed"), IMAGE_SIGNALS.index("underexposed")
+        assert together[-1, over] > 0.02 and together[0, under] > 0.02
+    # A batch of one again (buffers kept per batch size): the same numbers.
+    np.testing.assert_allclose(signals.of_inputs(batch[-1:])[0], together[-1], rtol=1e-6, atol=1e-9)
+
+
+def test_a_bad_batch_of_inputs_is_named() -> None:
+    from lineguard.monitor.signals import ImageSignals
+    from lineguard.preprocess import PreprocessParams
+
+    signals = ImageSignals(PreprocessParams(size=(16, 16)))
+    for bad in [np.zeros((0, 3, 16, 16), np.float32), np.zeros((2, 3, 16, 8), np.float32),
+                np.zeros((2, 3, 16, 16), np.float64), np.zeros((3, 16, 16), np.float32)]:
+        with pytest.raises(SignalError, match=r"batch of model inputs of shape \(N, 3, 16, 16\), N >= 1"):
+            signals.of_inputs(bad)
+    with pytest.raises(SignalError, match="no preprocessing given"):
+        ImageSignals(None).of_inputs(np.zeros((1, 3, 16, 16), np.float32))
 
 
 def test_the_signals_of_the_model_input_do_not_depend_on_the_cameras_resolution() -> None:

@@ -383,18 +383,26 @@ class EdgeRuntime:
         return _MISSED
 
     def _process(self, frames: Sequence[Frame]) -> None:
-        """Decide a batch of taken frames, signal its rejects, record it; acknowledge what was recorded."""
+        """Decide a batch of taken frames, signal its rejects, record it; acknowledge what was recorded.
+
+        Monitored, after the batch's inference its image signals are computed in one call
+        (:meth:`~lineguard.monitor.ImageSignals.of_inputs`: one frame costs about what the batch does) and
+        its decided frames go to the monitor in one call (:meth:`~lineguard.monitor.Monitor.update_many`);
+        then, frame by frame in order, each record gets its frame's signals in ``stats`` and a reject is
+        signalled; the batch's records are written together, as unmonitored.
+        """
         recipe = self._recipe
-        predictor = self._predictor
+        predictor, monitor = self._predictor, self._monitor
         with self._lock:
             self.frames += len(frames)
         outputs: dict[str, np.ndarray] = {}
-        monitored = self._monitor is not None
-        if monitored:
+        if monitor is not None:
             preds, outputs = self._decide_with_outputs(predictor, frames, recipe)
         else:
             preds = self._decide(predictor, frames, recipe)
-        embeddings, inputs = outputs.get("embedding"), outputs.get("input")
+        watched = None if monitor is None else self._watch(monitor, predictor, frames, preds, outputs, recipe)
+        if watched is not None:
+            from lineguard.monitor import as_stats
         station, stats_fn = self.settings.station, self.stats_fn
         done: list[Frame] = []
         items: list[tuple[Frame, PredictionRecord, Sequence[str]]] = []
@@ -403,10 +411,7 @@ class EdgeRuntime:
                 done.append(frame)  # undecidable (counted, logged): not retried
                 continue
             # Monitored, the record's brightness and contrast are the monitor's (on the model input).
-            stats = {} if monitored else frame_stats(frame.image)
-            if monitored:
-                stats.update(self._watch(frame, pred, recipe, None if embeddings is None else embeddings[i],
-                                         None if inputs is None else inputs[i]))
+            stats = frame_stats(frame.image) if watched is None else as_stats(watched[i])
             if stats_fn is not None:
                 stats.update(stats_fn(frame.image))
             rec = PredictionRecord(frame.frame_id, frame.time, station, frame.source, recipe, pred.label,
@@ -428,30 +433,40 @@ class EdgeRuntime:
             return self._decide(predictor, frames, recipe), {}
         return list(preds), out
 
-    def _watch(self, frame: Frame, pred: Prediction, recipe: str | None, embedding: np.ndarray | None,
-               model_input: np.ndarray | None) -> dict[str, float]:
-        """Feed one decided frame to the monitor; its image signals go into the record's ``stats``.
+    def _watch(self, monitor: Monitor, predictor: Predictor, frames: Sequence[Frame],
+               preds: Sequence[Prediction | None], outputs: Mapping[str, np.ndarray], recipe: str | None
+               ) -> np.ndarray:
+        """Feed a decided batch to the monitor in one call; returns its image signals, row i frame i's
+        (NaN for a frame not decided), for the records' ``stats``.
 
-        The signals are computed on the model input the predictor already made when it is the
-        one the monitor's reference was computed on (always, for a bundle's own reference).
+        The signals come from the input batch the predictor made, in one call, when it is the one the
+        monitor's reference was computed on (always, for a bundle's own reference); otherwise (another
+        preprocessing, or a failed batch decided frame by frame) from each decided frame's image. A
+        monitor replaced since the batch began (a hot swap) is not fed frames the old model decided.
         """
-        from lineguard.monitor import as_stats
+        from lineguard.monitor import IMAGE_SIGNALS
 
-        monitor, predictor = self._monitor, self._predictor
-        if monitor is None:
-            return {}
-        if self._input_matches[:2] != (monitor, predictor):  # once per monitor and model, not per frame
+        decided = [i for i, pred in enumerate(preds) if pred is not None]
+        inputs, embeddings = outputs.get("input"), outputs.get("embedding")
+        if self._input_matches[:2] != (monitor, predictor):  # once per monitor and model, not per batch
             self._input_matches = (monitor, predictor, monitor.signals.params == predictor.params)
-        if model_input is not None and self._input_matches[2]:
-            vector = monitor.signals.of_input(model_input)
+        if inputs is not None and self._input_matches[2] and len(decided) == len(frames):
+            vectors = monitor.signals.of_inputs(inputs)
         else:
-            vector = monitor.signals.of_image(frame.image)
+            vectors = np.full((len(frames), len(IMAGE_SIGNALS)), np.nan)
+            for i in decided:
+                vectors[i] = monitor.signals.of_image(frames[i].image)
+        if not decided:
+            return vectors
+        kept = [p for p in preds if p is not None]
         with self._mon_lock:
-            alarms = [] if self._monitor is not monitor else monitor.update(
-                vector, embedding, pred.score, recipe, time=frame.time, rejected=pred.decision == REJECT)
+            alarms = [] if self._monitor is not monitor else monitor.update_many(
+                vectors[decided], None if embeddings is None else embeddings[decided], [p.score for p in kept],
+                recipe, times=[frames[i].time for i in decided], rejected=[p.decision == REJECT for p in kept])
         if alarms:
-            self._deliver(alarms, f"frame {frame.frame_id} ({frame.source})")
-        return as_stats(vector)
+            last = frames[decided[-1]]
+            self._deliver(alarms, f"the batch up to frame {last.frame_id} ({last.source})")
+        return vectors
 
     def _deliver(self, alarms: Sequence[Alarm], where: str) -> None:
         """Log and hand on drift alarms (a batching monitor returns them up to a batch of frames late)."""

@@ -340,6 +340,70 @@ class Monitor:
         self.frames = t + 1
         return fired
 
+    def update_many(self, stats: np.ndarray, embeddings: np.ndarray | None = None,
+                    scores: Sequence[float] | np.ndarray | None = None, recipe: str | None = None, *,
+                    times: Sequence[float] | None = None, rejected: Sequence[bool] | None = None) -> list[Alarm]:
+        """Feed N frames of one recipe in order, as N :meth:`update` calls would; returns their alarms together.
+
+        The station's inference batch: ``stats`` N x signals (:meth:`ImageSignals.of_inputs`),
+        ``embeddings`` N x dim (None: none of them has one), ``scores``, ``times`` and
+        ``rejected`` one per frame (or None). With ``batch`` > 1 the frames are queued with a
+        few whole-array copies instead of N calls' worth of per-frame Python -- the same state,
+        KPIs and alarms (a test holds it to the per-frame calls).
+        """
+        stats = np.asarray(stats, np.float64)
+        count = len(stats)
+        for name, given in (("embeddings", embeddings), ("scores", scores), ("times", times), ("rejected", rejected)):
+            if given is not None and len(given) != count:
+                raise MonitorError(f"update_many needs one {name} entry per frame: {count} frames, {len(given)} given")
+        if self.batch == 1 or count == 1:  # nothing to gain over the per-frame path
+            out: list[Alarm] = []
+            for i in range(count):
+                out += self.update(stats[i], None if embeddings is None else embeddings[i],
+                                   None if scores is None else scores[i], recipe,
+                                   time=None if times is None else times[i],
+                                   rejected=None if rejected is None else rejected[i])
+            return out
+        row = self._rows.get(recipe)
+        if row is None:
+            row = self._row(recipe)
+        if scores is not None:
+            score = np.asarray(scores, np.float64)
+            rej = score >= self._threshold(recipe) if rejected is None else np.asarray(rejected, bool)
+        n_img, done = self._n_image, 0
+        while done < count:
+            q = self._queued
+            c = min(count - done, self.batch - q)
+            part = slice(done, done + c)
+            self._qx[q:q + c, :n_img] = stats[part]
+            if self._pca is not None:
+                self._qhas[q:q + c] = embeddings is not None
+                if embeddings is not None:
+                    self._qe[q:q + c] = embeddings[part]
+            self._qrow[q:q + c] = row
+            self._qmeta.extend((recipe, None if times is None else times[i]) for i in range(done, done + c))
+            slots = (self.frames + q + np.arange(c)) % self.window
+            self._recipe_rows[slots] = row
+            for slot in slots.tolist():
+                self._recipe_names[slot] = recipe
+            if scores is None:
+                self._scores[slots] = math.nan
+            else:
+                self._scores[slots] = score[part]
+                self._rejected[slots] = rej[part]
+            self._queued = q + c
+            if self._queued == self.batch:
+                self._advance()
+            done += c
+        if scores is not None and times is not None:
+            add, version = self.kpi.add, self.bundle_version
+            for t, s, r in zip(times, score.tolist(), rej.tolist(), strict=True):
+                add(t, recipe, version, s, r)
+        if not self._undelivered:
+            return []
+        out, self._undelivered = self._undelivered, []
+        return out
+
     def _alarms(self, fired: np.ndarray, stat: np.ndarray, since: np.ndarray, t: int, recipe: str | None,
                 time: float | None) -> list[Alarm]:
         """The alarms of frame ``t``: ``fired``, ``stat`` and ``since`` are 2 x m (upper, lower side)."""
