@@ -201,7 +201,7 @@ def _shadow_then_swap(
         poster.start()
         while len(sent) < 5 and poster.is_alive():
             threading.Event().wait(0.01)
-        promoted = client.post("/v1/shadow/promote", headers=AUTH)
+        promoted = client.post("/v1/shadow/promote", headers={**AUTH, "Content-Type": "application/json"})
         poster.join(120)
         assert not poster.is_alive() and not errors, errors
         assert promoted.status_code == 200, promoted.text
