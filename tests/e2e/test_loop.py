@@ -4,7 +4,13 @@
    monitor alarms after the change; ``select_for_labelling`` picks the frames worth a label; synth's ground
    truth stands in for the person labelling them in Label Studio; the export is imported, ingested into a
    new dataset version merged with the previous one; the retrained model passes the gate against the
-   champion and recovers accuracy on held-out dirty-lens frames.
+   champion and recovers accuracy on held-out dirty-lens frames. Then it reaches the edge: the dirty
+   line's station, opened as ``lineguard serve`` opens it (``serve.open_served``) and driven over its API,
+   runs it in shadow beside the champion (``PUT /v1/shadow``) on fresh dirty-lens frames -- the two
+   disagree, and the challenger is the one synth's truth agrees with -- then promotes it by hot swap
+   (``POST /v1/shadow/promote``) while another thread keeps posting frames; the station then decides the
+   held-out dirty frames with the new bundle (its version on every record) as well as the bundle does
+   offline, and every frame sent is in the store, decided by the old model up to one point, by the new after.
 2. Concept drift: the quality manager now calls sparse (partial) toppings defects. The inputs stay in
    distribution (no drift alarm) but operator feedback contradicts the model: ``concept_drift`` flags it;
    the selection puts the feedback disagreements first; the labels and the relabelled items of the previous
