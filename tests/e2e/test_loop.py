@@ -4,7 +4,13 @@
    monitor alarms after the change; ``select_for_labelling`` picks the frames worth a label; synth's ground
    truth stands in for the person labelling them in Label Studio; the export is imported, ingested into a
    new dataset version merged with the previous one; the retrained model passes the gate against the
-   champion and recovers accuracy on held-out dirty-lens frames.
+   champion and recovers accuracy on held-out dirty-lens frames. Then it reaches the edge: the dirty
+   line's station, opened as ``lineguard serve`` opens it (``serve.open_served``) and driven over its API,
+   runs it in shadow beside the champion (``PUT /v1/shadow``) on fresh dirty-lens frames -- the two
+   disagree, and the challenger is the one synth's truth agrees with -- then promotes it by hot swap
+   (``POST /v1/shadow/promote``) while another thread keeps posting frames; the station then decides the
+   held-out dirty frames with the new bundle (its version on every record) as well as the bundle does
+   offline, and every frame sent is in the store, decided by the old model up to one point, by the new after.
 2. Concept drift: the quality manager now calls sparse (partial) toppings defects. The inputs stay in
    distribution (no drift alarm) but operator feedback contradicts the model: ``concept_drift`` flags it;
    the selection puts the feedback disagreements first; the labels and the relabelled items of the previous
@@ -35,6 +41,8 @@ SPARSE = ("missing_topping", "partial_topping")
 # The gate's absolute limits for the first model, and the calibration limit, at what these tiny runs reach;
 # against the champion the gate's own rule (cost not worse, paired test) decides, unchanged.
 GATE = ["gate.min_balanced_accuracy=0.8", "gate.min_recipe_balanced_accuracy=0.7", "gate.max_ece=0.25"]
+TOKEN = "loop-" * 8
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _first_champion(cfg: Any, bundle: Path, dataset: Path) -> str:
@@ -97,8 +105,156 @@ def _ingest_merged(labels: Path, previous: Path, out: Path, cfg: Any) -> Any:
     return load_dataset(str(out))
 
 
+def _post_frames(client: Any, recipe: str, images: list[np.ndarray]) -> list[dict[str, Any]]:
+    """``POST /v1/predict`` each image as a PNG for ``recipe``; returns the answers (each must be a 200)."""
+    from lineguard.edge.station import encode_png
+
+    answers = []
+    for image in images:
+        resp = client.post(
+            "/v1/predict",
+            params={"recipe": recipe},
+            content=encode_png(image),
+            headers={**AUTH, "Content-Type": "image/png"},
+        )
+        assert resp.status_code == 200, resp.text
+        answers.append(resp.json())
+    return answers
+
+
+def _ba(truth: np.ndarray, rejected: np.ndarray) -> float:
+    """Balanced accuracy of reject decisions against ground truth (True = a defect)."""
+    return (float(rejected[truth].mean()) + float((~rejected[~truth]).mean())) / 2
+
+
+def _shadow_then_swap(
+    b1: Path, b2: Path, store: Path, recipe: str, severity: float, held: list[Any], held_dirty: list[Any]
+) -> dict[str, Any]:
+    """The challenger ``b2`` reaches the dirty line's station, served as ``lineguard serve`` serves it.
+
+    1. It runs in shadow (``PUT /v1/shadow``) beside the champion ``b1`` on fresh dirty-lens frames;
+       the shadow table is scored against synth's truth.
+    2. It is promoted (``POST /v1/shadow/promote``, a hot swap) while another thread keeps posting frames.
+    3. The held-out dirty frames are decided by the station, now with ``b2``.
+
+    Returns what the test asserts on; the asserts on invariants (nothing lost, one switch) are made here.
+    """
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from lineguard.edge import load_bundle
+    from lineguard.edge.api import create_app
+    from lineguard.edge.serve import open_served
+    from lineguard.edge.station import load_station_config
+
+    v1, v2 = load_bundle(b1).version, load_bundle(b2).version
+    assert v1 != v2
+    cfg = load_station_config(
+        None,
+        # default sampling (rejects, low confidence; a shadow disagreement keeps its frame); a queue that holds
+        # every frame of a burst, so none is skipped by a challenger that is slower on this busy machine
+        {
+            "station": "cell-0",
+            "bundle": str(b1),
+            "recipe": recipe,
+            "store.path": str(store),
+            "shadow.queue_size": 512,
+        },
+    )
+    served, station = open_served(cfg)
+    try:
+        station.start_background()
+        client = TestClient(
+            create_app(served, token=TOKEN, allow_hot_swap=True), raise_server_exceptions=False
+        )
+
+        # 1. Shadow: the champion decides, the challenger watches.
+        resp = client.put("/v1/shadow", json={"path": str(b2)}, headers=AUTH)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["challenger"]["version"] == v2
+        cones = [c for c in L.items(40, index_from=7000, defects=MISSING) if c.recipe == recipe]
+        answers = _post_frames(client, recipe, [L.draw(c, 3, "dirty-lens", severity) for c in cones])
+        assert {a["bundle_version"] for a in answers} == {v1}, "the challenger decided on the line"
+        assert served.shadow is not None and served.shadow.drain(60), "the shadow did not catch up"
+        status = client.get("/v1/shadow").json()
+        assert status["running"] and status["challenger"]["version"] == v2
+        assert status["frames_compared"] == len(cones) and status["skipped"] == 0, status
+        cone_of = {a["key"]: c for a, c in zip(answers, cones, strict=True)}
+        key_of = {r["id"]: r["key"] for r in served.store.predictions(limit=10_000)}
+        rows = served.store.shadow_rows(limit=10_000)
+        assert len(rows) == len(cones) and {r["bundle_version"] for r in rows} == {v2}
+        truth = np.array([cone_of[key_of[r["prediction_id"]]].label == "bad" for r in rows])
+        champ = np.array([r["champion_decision"] == "reject" for r in rows])
+        chall = np.array([r["decision"] == "reject" for r in rows])
+        differ = champ != chall
+        assert int(differ.sum()) == status["disagreements"]
+        assert all(r["image"] for r in rows if not r["agree"]), "a disagreement lost its frame (labelling)"
+
+        # 2. Promote under load: frames keep arriving while the challenger is swapped in.
+        more = [c for c in L.items(20, index_from=7100, defects=MISSING) if c.recipe == recipe]
+        sent: list[dict[str, Any]] = []
+        errors: list[BaseException] = []
+
+        def keep_posting() -> None:
+            try:
+                for cone in more:
+                    sent.extend(_post_frames(client, recipe, [L.draw(cone, 3, "dirty-lens", severity)]))
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+
+        poster = threading.Thread(target=keep_posting, daemon=True)
+        poster.start()
+        while len(sent) < 5 and poster.is_alive():
+            threading.Event().wait(0.01)
+        promoted = client.post("/v1/shadow/promote", headers={**AUTH, "Content-Type": "application/json"})
+        poster.join(120)
+        assert not poster.is_alive() and not errors, errors
+        assert promoted.status_code == 200, promoted.text
+        final = promoted.json()["shadow"]
+        model = client.get("/v1/model").json()
+        assert (
+            promoted.json()["model"]["version"] == v2 and model["version"] == v2 and model["generation"] == 1
+        )
+        assert client.get("/v1/shadow").json()["running"] is False
+
+        # 3. The station now decides with the challenger.
+        after = _post_frames(client, recipe, held_dirty)
+        assert {a["bundle_version"] for a in after} == {v2}
+
+        records = served.store.predictions(limit=10_000)
+        versions = [r["bundle_version"] for r in records]
+        n_sent = len(answers) + len(sent) + len(after)
+        assert len(records) == n_sent, f"{len(records)} records of {n_sent} frames sent"
+        switch = versions.index(v2)
+        assert set(versions[:switch]) == {v1} and set(versions[switch:]) == {v2}, "decided by a mix of models"
+        # every frame the champion decided with the challenger installed was offered to it: compared or skipped
+        assert final["frames_offered"] == switch and final["frames_compared"] + final["skipped"] == switch, (
+            final
+        )
+        assert len(served.store.shadow_rows(limit=10_000)) == final["frames_compared"]
+    finally:
+        station.close()
+    held_truth = np.array([c.label == "bad" for c in held])
+    return {
+        "agreement": status["agreement"],
+        "disagreements": int(differ.sum()),
+        "shadow_frames": len(rows),
+        "challenger_right": int((chall == truth)[differ].sum()),
+        "champion_right": int((champ == truth)[differ].sum()),
+        "champion_ba": _ba(truth, champ),
+        "challenger_ba": _ba(truth, chall),
+        "during_swap": len(sent),
+        "swap_at": switch - len(answers),
+        "swap_skipped": final["skipped"],
+        "station_ba": _ba(held_truth, np.array([a["decision"] == "reject" for a in after])),
+        "records": len(records),
+    }
+
+
 @pytest.mark.slow
 def test_a_dirty_lens_is_detected_labelled_and_trained_away(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")  # the last step serves the station's API (lineguard[serve])
     from lineguard.evaluate.release import gate
     from lineguard.ingest import ingest
     from lineguard.manifest import load_dataset
@@ -180,6 +336,30 @@ def test_a_dirty_lens_is_detected_labelled_and_trained_away(tmp_path: Path) -> N
     )
     assert new >= old + 0.20, f"retrained {new:.3f} vs old {old:.3f} on dirty-lens frames"
     assert new_clean >= old_clean - 0.08, f"retrained {new_clean:.3f} vs old {old_clean:.3f} on clean frames"
+
+    # The challenger reaches the dirty line's station: in shadow first, then by hot swap.
+    edge = _shadow_then_swap(b1, b2, tmp_path / "served.db", dirty_recipe, severity, held, held_dirty)
+    print(
+        f"LOOP edge seed={L.SEED}: shadow agreement {edge['agreement']:.3f} on {edge['shadow_frames']} frames, "
+        f"disagreements {edge['disagreements']} (challenger right {edge['challenger_right']}, champion right "
+        f"{edge['champion_right']}); shadow BA champion {edge['champion_ba']:.3f} challenger "
+        f"{edge['challenger_ba']:.3f}; swap after {edge['swap_at']} of {edge['during_swap']} frames posted "
+        f"during it (skipped {edge['swap_skipped']}); station held-out dirty BA {edge['station_ba']:.3f}; "
+        f"records {edge['records']}"
+    )
+    assert edge["disagreements"] >= 10, f"the shadow saw {edge['disagreements']} disagreements"
+    assert edge["challenger_right"] >= 0.8 * edge["disagreements"], (
+        f"challenger right on {edge['challenger_right']} of {edge['disagreements']} disagreements"
+    )
+    assert edge["challenger_ba"] >= edge["champion_ba"] + 0.20, (
+        f"in shadow: challenger {edge['challenger_ba']:.3f} vs champion {edge['champion_ba']:.3f}"
+    )
+    assert edge["station_ba"] >= old + 0.20, (
+        f"the station after the swap {edge['station_ba']:.3f} vs old {old:.3f}"
+    )
+    assert abs(edge["station_ba"] - new) <= 0.02, (
+        f"the station decides {edge['station_ba']:.3f}, the retrained bundle offline {new:.3f}"
+    )
 
 
 @pytest.mark.slow

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lineguard.edge.hotswap import ModelSlot
-from lineguard.edge.sources import PushSource
-from lineguard.edge.station import load_station_config, open_station
+from lineguard.edge.station import load_station_config
 from tests.unit._api_station import make_station
 from tests.unit._edge_bundles import make_champion_and_challenger
 
@@ -21,7 +19,7 @@ fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from lineguard.edge.api import ApiLimits, create_app  # noqa: E402
-from lineguard.edge.serve import ServedStation  # noqa: E402
+from lineguard.edge.serve import ServedStation, open_served  # noqa: E402
 
 TOKEN = "s" * 40
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -34,14 +32,20 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _served(bundles: dict[str, Path], tmp_path: Path, **shadow: Any) -> Iterator[ServedStation]:
+    """The station opened as `lineguard serve` opens it (its model in a slot whose swaps switch the runtime)."""
     config = load_station_config(
-        None, {"station": "cell-1", "monitor": False, "store.path": str(tmp_path / "e.db"), "shadow": shadow}
+        None,
+        {
+            "station": "cell-1",
+            "bundle": str(bundles["champion"]),
+            "monitor": False,
+            "store.path": str(tmp_path / "e.db"),
+            "shadow": shadow,
+        },
     )
-    slot = ModelSlot.open(bundles["champion"])
-    station = open_station(config, slot.current(), source=PushSource())
-    slot.add_listener(lambda old, new: station.runtime.set_predictor(new))
+    served, station = open_served(config)
     try:
-        yield ServedStation(config.station, station.store, station.runtime, slot, station.shadow_slot)
+        yield served
     finally:
         station.close()
 

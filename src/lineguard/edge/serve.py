@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lineguard import LineguardError
 from lineguard.edge.api import ApiLimits, Intake, StationLike, create_app
@@ -41,7 +41,10 @@ from lineguard.edge.bundle import BundleLimits
 from lineguard.edge.hotswap import ModelSlot
 from lineguard.edge.signing import Trust
 
-__all__ = ["LOOPBACK_HOSTS", "TOKEN_ENV", "ServedStation", "resolve_token", "run_api", "serve"]
+if TYPE_CHECKING:
+    from lineguard.edge.station import Station, StationConfig
+
+__all__ = ["LOOPBACK_HOSTS", "TOKEN_ENV", "ServedStation", "open_served", "resolve_token", "run_api", "serve"]
 
 TOKEN_ENV = "LINEGUARD_API_TOKEN"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -61,13 +64,20 @@ def _read_token_file(path: Path) -> str:
     with os.fdopen(fd, "rb") as f:
         raw = f.read(MAX_TOKEN_FILE_BYTES + 1)
     if len(raw) > MAX_TOKEN_FILE_BYTES:
-        raise LineguardError(f"API token file {path} is over {MAX_TOKEN_FILE_BYTES} bytes; it should hold one token")
+        raise LineguardError(
+            f"API token file {path} is over {MAX_TOKEN_FILE_BYTES} bytes; it should hold one token"
+        )
     token = raw.decode("utf-8", "replace").strip()
     if len(token) < 16 or any(c.isspace() for c in token):
-        raise LineguardError(f"API token file {path} must hold one token of at least 16 characters without spaces")
+        raise LineguardError(
+            f"API token file {path} must hold one token of at least 16 characters without spaces"
+        )
     if st.st_mode & 0o077:
-        print(f"warning: API token file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
-              "chmod 600 it", file=sys.stderr)
+        print(
+            f"warning: API token file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+            "chmod 600 it",
+            file=sys.stderr,
+        )
     return token
 
 
@@ -129,8 +139,14 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _make_server(config: Any, intake: Intake, drain_timeout_s: float, exit_deadline_s: float,
-                 say: Callable[[str], None], on_signal: Callable[[], None] | None = None) -> Any:
+def _make_server(
+    config: Any,
+    intake: Intake,
+    drain_timeout_s: float,
+    exit_deadline_s: float,
+    say: Callable[[str], None],
+    on_signal: Callable[[], None] | None = None,
+) -> Any:
     """A uvicorn Server whose first signal drains (see the module docstring) instead of closing at once."""
     import uvicorn
 
@@ -147,14 +163,16 @@ def _make_server(config: Any, intake: Intake, drain_timeout_s: float, exit_deadl
             if on_signal is not None:
                 on_signal()
             say(f"{signal.Signals(sig).name}: intake closed, draining {intake.inflight} upload(s) in flight")
-            threading.Thread(target=_watchdog, args=(exit_deadline_s, say), name="lineguard-exit-watchdog",
-                             daemon=True).start()
+            threading.Thread(
+                target=_watchdog, args=(exit_deadline_s, say), name="lineguard-exit-watchdog", daemon=True
+            ).start()
 
         async def on_tick(self, counter: int) -> bool:
             if await super().on_tick(counter):
                 return True
             if self.drain_started is not None and (
-                    intake.inflight == 0 or time.monotonic() - self.drain_started > drain_timeout_s):
+                intake.inflight == 0 or time.monotonic() - self.drain_started > drain_timeout_s
+            ):
                 self.should_exit = True
                 return True
             return False
@@ -203,18 +221,35 @@ def run_api(
     intake = Intake(limits.max_concurrent_predictions)
     loopback = host in LOOPBACK_HOSTS
     allowed = ["127.0.0.1", "localhost", "[::1]", "::1"] if loopback else None
-    app = create_app(station, token=token, allow_hot_swap=allow_hot_swap, limits=limits, intake=intake,
-                     allowed_hosts=allowed)
+    app = create_app(
+        station,
+        token=token,
+        allow_hot_swap=allow_hot_swap,
+        limits=limits,
+        intake=intake,
+        allowed_hosts=allowed,
+    )
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=2,
-                            lifespan="off", server_header=False)
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=2,
+        lifespan="off",
+        server_header=False,
+    )
     server = _make_server(config, intake, drain_timeout_s, exit_deadline_s, say, on_signal)
     shown = f"[{host}]" if ":" in host else host
-    say(f"station {station.name} listening on http://{shown}:{bound}" + (f" ({token_note})" if token_note else ""))
+    say(
+        f"station {station.name} listening on http://{shown}:{bound}"
+        + (f" ({token_note})" if token_note else "")
+    )
     if not loopback:
-        say(f"warning: bound to {host}, not loopback: anyone who reaches this port can read decisions "
-            "(writes still need the token)")
+        say(
+            f"warning: bound to {host}, not loopback: anyone who reaches this port can read decisions "
+            "(writes still need the token)"
+        )
     loop_thread = None
     if background is not None:
         loop_thread = threading.Thread(target=background, name="lineguard-edge-loop", daemon=True)
@@ -251,6 +286,35 @@ class ServedStation:
         return self.shadow_slot.runner if self.shadow_slot is not None else None
 
 
+def open_served(
+    config: StationConfig, *, trust: Trust | None = None, bundle_limits: BundleLimits | None = None
+) -> tuple[ServedStation, Station]:
+    """Open the station of ``config`` as ``lineguard serve`` runs it; returns (what the API serves, the station).
+
+    The model is loaded into a :class:`~lineguard.edge.hotswap.ModelSlot` under ``trust`` and
+    ``bundle_limits``, and the station decides with the slot's model: a hot swap (``POST /v1/model``,
+    or promoting the challenger in shadow) switches the runtime, and its drift monitor, to the new
+    bundle. Without ``source.input`` the station takes frames only over the API. Nothing runs yet:
+    the caller starts ``station.start_background()`` (and the edge loop, with a source) and closes
+    the station when done. Tests open a station here to drive it exactly as it is served.
+    """
+    from lineguard.edge.sources import PushSource
+    from lineguard.edge.station import open_station
+
+    if config.bundle is None:
+        raise LineguardError("no bundle: pass --bundle or set 'bundle:' in station.yaml")
+    slot = ModelSlot.open(config.bundle, trust=trust, limits=bundle_limits, threads=config.threads)
+    station = open_station(
+        config,
+        slot.current(),
+        source=None if config.source.input else PushSource(),
+        trust=trust,
+        bundle_limits=bundle_limits,
+    )
+    slot.add_listener(lambda old, new: station.runtime.set_predictor(new))
+    return ServedStation(config.station, station.store, station.runtime, slot, station.shadow_slot), station
+
+
 def serve(
     config: str | Path | None = None,
     *,
@@ -272,21 +336,33 @@ def serve(
     into a :class:`~lineguard.edge.hotswap.ModelSlot` under ``trust`` and ``bundle_limits``;
     a hot swap (``allow_hot_swap`` or ``api.hot_swap``) re-checks every new bundle the same way.
     """
-    from lineguard.edge.sources import PushSource
-    from lineguard.edge.station import load_station_config, open_station
+    from lineguard.edge.station import load_station_config
 
-    cfg = load_station_config(config, overrides={"bundle": str(bundle) if bundle else None, "source.input": source})
+    cfg = load_station_config(
+        config, overrides={"bundle": str(bundle) if bundle else None, "source.input": source}
+    )
     if cfg.bundle is None:
         raise LineguardError("no bundle: pass --bundle or set 'bundle:' in station.yaml")
-    slot = ModelSlot.open(cfg.bundle, trust=trust, limits=bundle_limits, threads=cfg.threads)
-    token, note = resolve_token(token_file=token_file or cfg.api.token_file, token=cfg.api.token,
-                                default_file=Path(cfg.store.path).expanduser().parent / f"{cfg.station}.api-token")
-    station = open_station(cfg, slot.current(), source=None if cfg.source.input else PushSource(), trust=trust,
-                           bundle_limits=bundle_limits)
-    slot.add_listener(lambda old, new: station.runtime.set_predictor(new))
+    served, station = open_served(cfg, trust=trust, bundle_limits=bundle_limits)
+    try:
+        token, note = resolve_token(
+            token_file=token_file or cfg.api.token_file,
+            token=cfg.api.token,
+            default_file=Path(cfg.store.path).expanduser().parent / f"{cfg.station}.api-token",
+        )
+    except BaseException:
+        station.close()
+        raise
     station.start_background()
-    run_api(ServedStation(cfg.station, station.store, station.runtime, slot, station.shadow_slot), token=token,
-            host=host or cfg.api.host, port=cfg.api.port if port is None else port,
-            allow_hot_swap=allow_hot_swap or cfg.api.hot_swap, limits=limits, close=station.close,
-            background=station.runtime.run if cfg.source.input else None, on_signal=station.runtime.request_stop,
-            token_note=note)
+    run_api(
+        served,
+        token=token,
+        host=host or cfg.api.host,
+        port=cfg.api.port if port is None else port,
+        allow_hot_swap=allow_hot_swap or cfg.api.hot_swap,
+        limits=limits,
+        close=station.close,
+        background=station.runtime.run if cfg.source.input else None,
+        on_signal=station.runtime.request_stop,
+        token_note=note,
+    )
