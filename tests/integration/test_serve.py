@@ -329,6 +329,11 @@ def test_the_edge_loop_runs_in_the_same_process(tmp_path: Path, bundles: dict[st
                 time.sleep(0.1)
             frames = c.get("/v1/health").json()["runtime"]["frames"]
             assert frames > 10
+            # The source ends when it has read its last frame; the runtime records the batch it took after that
+            # (health counts a batch's frames when it is taken). Every taken frame must reach the store.
+            while len(c.get("/v1/predictions?limit=1000").json()["items"]) < frames:
+                assert time.monotonic() < deadline, c.get("/v1/health").text
+                time.sleep(0.1)
             pushed = c.post("/v1/predict", content=png(230), headers=AUTH)
             assert pushed.status_code == 200
             rows = c.get("/v1/predictions?limit=1000").json()["items"]
