@@ -80,12 +80,12 @@ def _affine(x: torch.Tensor, config: AugmentConfig, s: float, pad: float, gen: t
 def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """``F.affine_grid(theta, (N, C, h, w), align_corners=False)`` with broadcast arithmetic
     (PyTorch's CPU kernel for it costs as much as the ``grid_sample`` itself)."""
-    ys = (torch.arange(h, device=theta.device, dtype=theta.dtype) * 2 + 1) / h - 1
-    xs = (torch.arange(w, device=theta.device, dtype=theta.dtype) * 2 + 1) / w - 1
-    base = torch.stack([xs.repeat(h), ys.repeat_interleave(w), torch.ones(h * w, dtype=theta.dtype,
-                                                                           device=theta.device)], 1)  # (h*w, 3)
-    # One batched product (N, h*w, 3) x (N, 3, 2): a quarter of the time of the broadcast sums it replaces.
-    return torch.bmm(base.expand(theta.shape[0], -1, -1), theta.transpose(1, 2)).view(-1, h, w, 2)
+    ys = ((torch.arange(h, device=theta.device, dtype=theta.dtype) * 2 + 1) / h - 1).view(1, h, 1)
+    xs = ((torch.arange(w, device=theta.device, dtype=theta.dtype) * 2 + 1) / w - 1).view(1, 1, w)
+    t = theta.view(-1, 6, 1, 1)
+    gx = t[:, 0] * xs + t[:, 1] * ys + t[:, 2]
+    gy = t[:, 3] * xs + t[:, 4] * ys + t[:, 5]
+    return torch.stack([gx, gy], dim=3)
 
 
 def _colour(x: torch.Tensor, config: AugmentConfig, s: float, gen: torch.Generator) -> torch.Tensor:
@@ -167,23 +167,21 @@ def augment_batch(
     ``pad_value`` fills the area uncovered by the affine warp and the cutout patch, so it
     looks like the letterbox padding the model sees at inference.
     """
-    x = images.to(torch.float32, copy=True)  # a fresh tensor: the steps below work in place
+    x = images.to(torch.float32)
     if is_identity(config):
         return x
     s = config.strength
     n, dev = x.shape[0], x.device
-    # Flips and turns touch only the images drawn for them (flipping the whole batch and selecting with
-    # torch.where cost as much as the rest of the augmentation together); the draws are the same either way.
     if config.hflip:
-        flip = _coin(n, config.hflip, generator, dev)
-        x[flip] = x[flip].flip(3)
+        flip = _coin(n, config.hflip, generator, dev).view(n, 1, 1, 1)
+        x = torch.where(flip, x.flip(3), x)
     if config.vflip:
-        flip = _coin(n, config.vflip, generator, dev)
-        x[flip] = x[flip].flip(2)
+        flip = _coin(n, config.vflip, generator, dev).view(n, 1, 1, 1)
+        x = torch.where(flip, x.flip(2), x)
     if config.rot90:
-        turn = _coin(n, config.rot90, generator, dev)
-        chosen = x[turn]
-        x[turn] = chosen.transpose(2, 3).flip(3) if x.shape[2] == x.shape[3] else chosen.flip(2).flip(3)
+        turn = _coin(n, config.rot90, generator, dev).view(n, 1, 1, 1)
+        turned = x.transpose(2, 3).flip(3) if x.shape[2] == x.shape[3] else x.flip(2).flip(3)
+        x = torch.where(turn, turned, x)
     if config.rotate_deg or config.scale or config.translate:
         x = _affine(x, config, s, float(pad_value), generator)
     if config.brightness or config.contrast or config.saturation or config.hue:
@@ -193,7 +191,7 @@ def augment_batch(
     if config.noise:
         # Luminance noise (one plane shared by the channels): a third of the random numbers of RGB noise.
         plane = torch.randn((n, 1, *x.shape[2:]), generator=generator, device=dev)
-        x = x.add_(plane.mul_(min(0.5, config.noise * s) * 255.0))
+        x = x + plane * (min(0.5, config.noise * s) * 255.0)
     if config.cutout:
         x = _cutout(x, min(1.0, config.cutout), s, float(pad_value), generator)
     return x.clamp_(0.0, 255.0)
