@@ -186,8 +186,9 @@ def fit_decision(val: Predictions, config: EvaluateConfig) -> Decision:
         per_recipe=config.per_recipe_threshold, min_per_class=config.min_threshold_samples,
         defect_rate=config.cost.defect_rate,
     )
-    notes.append(f"thresholds minimise the cost at a line defect rate of {config.cost.defect_rate:.1%} "
-                 f"(evaluate.cost.defect_rate)")
+    if config.cost.defect_rate is not None:
+        notes.append(f"thresholds minimise the cost at a line defect rate of {config.cost.defect_rate:.1%} "
+                     f"(evaluate.cost.defect_rate)")
     return Decision(
         default_threshold=thresholds.default, per_recipe=thresholds.per_recipe, temperature=float(temperature),
         cost=Cost(fr, md), fitted_on=FITTED_ON_VAL, notes=(*notes, *thresholds.notes),
