@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.unit._edge_bundles import make_toy_bundle, rewrite_meta
+from tests.unit._edge_bundles import make_toy_bundle, make_version_2, rewrite_meta
 from tests.unit.test_edge_api import HOSTILE, png
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -116,15 +116,7 @@ def open_store(path: Path) -> Any:
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("serve")
     v1 = make_toy_bundle(d / "v1")
-    v2 = d / "v2"
-    shutil.copytree(v1, v2)
-
-    def to_v2(meta: dict[str, Any]) -> None:
-        meta["version"] = "2"
-        meta["decision"]["default_threshold"] = 0.9
-        meta["decision"]["per_recipe"] = {}
-
-    rewrite_meta(v2, to_v2)
+    v2 = make_version_2(v1, d / "v2")
     tampered = d / "tampered"
     shutil.copytree(v2, tampered)
     rewrite_meta(tampered, lambda m: m["decision"].update(default_threshold=0.99), reseal=False)

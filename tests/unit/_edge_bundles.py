@@ -109,22 +109,29 @@ def rewrite_meta(folder: Path, change: Callable[[dict[str, Any]], None], reseal:
     (folder / "bundle.json").write_text(json.dumps(meta))
 
 
-def make_champion_and_challenger(folder: Path) -> dict[str, Path]:
-    """A toy champion, its challenger (version 2, default threshold 0.9, no per-recipe thresholds: on the same
-    frames the two disagree between the thresholds) and the challenger as a .tar.gz upload."""
+def make_version_2(bundle: Path, dest: Path) -> Path:
+    """A copy of ``bundle`` at ``dest`` as version 2 with default threshold 0.9 and no per-recipe thresholds
+    (resealed): the same model deciding differently between the two thresholds."""
     import shutil
-    import tarfile
 
-    champion = make_toy_bundle(folder / "champion")
-    challenger = folder / "challenger"
-    shutil.copytree(champion, challenger)
+    shutil.copytree(bundle, dest)
 
     def to_v2(meta: dict[str, Any]) -> None:
         meta["version"] = "2"
         meta["decision"]["default_threshold"] = 0.9
         meta["decision"]["per_recipe"] = {}
 
-    rewrite_meta(challenger, to_v2)
+    rewrite_meta(dest, to_v2)
+    return dest
+
+
+def make_champion_and_challenger(folder: Path) -> dict[str, Path]:
+    """A toy champion, its challenger (version 2, default threshold 0.9, no per-recipe thresholds: on the same
+    frames the two disagree between the thresholds) and the challenger as a .tar.gz upload."""
+    import tarfile
+
+    champion = make_toy_bundle(folder / "champion")
+    challenger = make_version_2(champion, folder / "challenger")
     archive = folder / "challenger.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         for f in sorted(challenger.iterdir()):

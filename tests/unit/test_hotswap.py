@@ -13,22 +13,14 @@ import pytest
 from lineguard.edge.hotswap import ModelSlot, SwapBusy, SwapError
 from lineguard.edge.predictor import Predictor
 from lineguard.edge.signing import Trust, generate_keypair
-from tests.unit._edge_bundles import grey, make_toy_bundle, rewrite_meta
+from tests.unit._edge_bundles import grey, make_toy_bundle, make_version_2
 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("swap")
     v1 = make_toy_bundle(d / "v1")
-    v2 = d / "v2"
-    shutil.copytree(v1, v2)
-
-    def to_v2(meta: dict[str, Any]) -> None:
-        meta["version"] = "2"
-        meta["decision"]["default_threshold"] = 0.9
-        meta["decision"]["per_recipe"] = {}
-
-    rewrite_meta(v2, to_v2)
+    v2 = make_version_2(v1, d / "v2")
     tampered = d / "tampered"
     shutil.copytree(v2, tampered)
     model = tampered / "model.onnx"
