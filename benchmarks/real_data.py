@@ -122,6 +122,15 @@ def _table(rows: dict[str, dict[str, Any]], source: str, dataset: Any, budget_s:
     return "\n".join(lines)
 
 
+def _variant(text: str, parser: argparse.ArgumentParser) -> tuple[str, list[str]]:
+    """``'label:key=value key=value'`` -> (label, overrides); a malformed one stops the run before any training."""
+    label, _, rest = text.partition(":")
+    overrides = rest.split()
+    if not label.strip() or not overrides or not all("=" in o for o in overrides):
+        parser.error(f"--variant {text!r}: expected LABEL:KEY=VALUE [KEY=VALUE ...]")
+    return label.strip(), overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset_dir", help="class-per-folder tree: good/*, defect/*")
@@ -129,8 +138,12 @@ def main() -> None:
     parser.add_argument("--name", help="section name (default: the folder name)")
     parser.add_argument("--source", default="", help="where the data came from (repository @ commit), for the docs")
     parser.add_argument("--whole-image", action="store_true", help="also train with tiles off (Q6)")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE ...",
+                        help="also train LineGuard with these overrides, one row each (repeatable), e.g. "
+                             "'stretched:preprocess.tile=null preprocess.resize=stretch'")
     parser.add_argument("--work", help="working folder (default: a temporary one)")
     args = parser.parse_args()
+    variants = [_variant(v, parser) for v in args.variant]
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
     from lineguard.ingest import ingest
@@ -152,6 +165,10 @@ def main() -> None:
             rows["LineGuard, whole image (no tiles)"] = _lineguard(
                 dataset, work, args.budget_s, "whole", ["preprocess.tile=null", "preprocess.size=[128,128]"])
             print(json.dumps({"whole": rows["LineGuard, whole image (no tiles)"]}, default=str), flush=True)
+        for i, (label, overrides) in enumerate(variants):
+            row = f"LineGuard, {label} ({' '.join(overrides)})"
+            rows[row] = _lineguard(dataset, work, args.budget_s, f"variant{i}", overrides)
+            print(json.dumps({label: rows[row]}, default=str), flush=True)
     source = args.source or args.dataset_dir
     write_section(f"Real photos: {name}", _table(rows, source, dataset, args.budget_s),
                   "python benchmarks/real_data.py" + args_for_docs(sys.argv[1:]))

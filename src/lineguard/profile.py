@@ -277,6 +277,20 @@ def derive_recipe(
         choose(pp, pp_set, "preprocess", "resize", "letterbox",
                "keep the aspect ratio (pad, never distort: a stretched defect is another defect)")
 
+    # Architecture, width, batch size, learning rate.
+    recipe_head = len(profile.recipes) >= 2 and not tiled
+    small_colour_recipes = recipe_head and not profile.grey and short <= 160
+    if small_colour_recipes:
+        choose(tr, tr_set, "train", "model", "tinycnn",
+               f"{len(profile.recipes)} recipes of small colour images: the separable network with a recipe head "
+               f"meets the edge budget")
+        choose(tr, tr_set, "train", "lr", 1e-2, "the separable network's tuned peak learning rate")
+    else:
+        choose(tr, tr_set, "train", "model", "convnet",
+               "full 3x3 convolutions learn real textures (cracks, spots, pinholes) from scratch in minutes; "
+               "compress distils a smaller student for the edge")
+        choose(tr, tr_set, "train", "lr", 3e-3, "AdamW peak for a residual network with batch norm")
+
     # Augmentation family, from the symmetries of the mean image (of the mean tile, when tiled).
     what = "tile" if tiled else "image"
     mirror = profile.tile_mirror_asymmetry if tiled else profile.mirror_asymmetry
@@ -290,7 +304,6 @@ def derive_recipe(
         choose(aug, aug_set, "augment", "vflip", 0.5, why)
         choose(aug, aug_set, "augment", "rot90", 0.5 if free_turn else 0.0,
                why if free_turn else "quarter turns change the picture (non-square input or tiles)")
-        choose(aug, aug_set, "augment", "rotate_deg", 10.0, "small tilts of the camera or the part")
     else:
         why = (f"the mean {what} is not symmetric (mirror {mirror:.3f} > {SYMMETRY_TOLERANCE}): "
                f"parts on a line have an 'up' -- keep it; left-right mirror only")
@@ -298,18 +311,15 @@ def derive_recipe(
         choose(aug, aug_set, "augment", "vflip", 0.0, why)
         choose(aug, aug_set, "augment", "rot90", 0.0, why)
 
-    # Architecture, width, batch size, learning rate.
-    recipe_head = len(profile.recipes) >= 2 and not tiled
-    if recipe_head and not profile.grey and short <= 160:
-        choose(tr, tr_set, "train", "model", "tinycnn",
-               f"{len(profile.recipes)} recipes of small colour images: the separable network with a recipe head "
-               f"meets the edge budget")
-        choose(tr, tr_set, "train", "lr", 1e-2, "the separable network's tuned peak learning rate")
+    if small_colour_recipes:
+        choose(aug, aug_set, "augment", "rotate_deg", 10.0 if free_mirror else 15.0,
+               "small tilts of the camera or the part")
     else:
-        choose(tr, tr_set, "train", "model", "convnet",
-               "full 3x3 convolutions learn real textures (cracks, spots, pinholes) from scratch in minutes; "
-               "compress distils a smaller student for the edge")
-        choose(tr, tr_set, "train", "lr", 3e-3, "AdamW peak for a residual network with batch norm")
+        why = ("lossless geometry only (flips, quarter turns): a resampled rotation, zoom or shift blurs a "
+               "thin crack, thread or pinhole that test images show sharp (docs/training.md)")
+        for key in ("rotate_deg", "scale", "translate"):
+            choose(aug, aug_set, "augment", key, 0.0, why)
+
     batch = 32 if profile.train_images < 2000 or tiled else 64
     choose(tr, tr_set, "train", "batch_size", batch,
            f"{profile.train_images} train images: {'more steps per epoch' if batch == 32 else 'the default'}")

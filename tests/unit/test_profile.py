@@ -74,6 +74,9 @@ def test_grey_square_texture_gets_a_grey_model_and_the_eight_symmetries(tmp_path
     assert (config.augment.hflip, config.augment.vflip) == (0.5, 0.5)
     assert config.train.model == "convnet" and config.train.batch_size == 32
     assert "grey" in choices["preprocess.color"].reason
+    # real photos: lossless geometry only, since resampling blurs thin defects the test images show sharp
+    assert (config.augment.rotate_deg, config.augment.scale, config.augment.translate) == (0.0, 0.0, 0.0)
+    assert "blurs a thin crack" in choices["augment.rotate_deg"].reason
 
 
 def test_long_strips_are_tiled_and_the_tile_decides_the_symmetries(tmp_path: Path) -> None:
@@ -101,13 +104,16 @@ def test_colour_objects_with_an_up_keep_it_and_recipes_keep_their_head(tmp_path:
     assert config.preprocess.color == "rgb"
     assert config.augment.vflip == 0.0 and config.augment.rot90 == 0.0 and config.augment.hflip == 0.5
     assert config.train.model == "tinycnn"  # small colour images with recipes: the recipe-head network
+    assert config.augment.rotate_deg == 15.0 and config.augment.translate > 0  # cones tilt and shift on a belt
     assert "not symmetric" in choices["augment.vflip"].reason
 
 
 def test_an_explicit_key_wins_and_is_reported_as_overridden(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "ds", grey_texture(100, 100), good=8, bad=8)
-    config, choices = _derive(ds, "preprocess.size=[64,64]", "train.model=tinycnn", "augment.rot90=0")
+    config, choices = _derive(ds, "preprocess.size=[64,64]", "train.model=tinycnn", "augment.rot90=0",
+                              "augment.translate=0.05")
     assert config.preprocess.size == (64, 64) and config.train.model == "tinycnn" and config.augment.rot90 == 0
+    assert config.augment.translate == 0.05 and choices["augment.translate"].overridden
     assert choices["preprocess.size"].overridden and choices["train.model"].overridden
     assert not choices["preprocess.color"].overridden
 
