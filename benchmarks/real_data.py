@@ -72,7 +72,7 @@ def _lineguard(dataset: Any, work: Path, budget_s: float, tag: str, overrides: l
     wall = time.perf_counter() - t0
     assert result.run_id is not None
     out = work / f"bundle-{tag}"
-    export(result.run_id, str(dataset.root), out, cfg)
+    export(result.run_id, str(dataset.root), out, cfg, overwrite=True)  # --work reused: the new run replaces it
     labels, rejected, latency = _score_bundle(out, dataset)
     pp = result.config.preprocess
     what = (f"{result.config.train.model} x{result.config.train.width:g} {pp.color} {pp.size[0]}x{pp.size[1]}"

@@ -273,13 +273,22 @@ def test_the_estimate_reweights_to_the_line_defect_share_when_the_reference_know
     station = make(tmp_path, bundle, monitor)
     c = client(station, summary=DashboardSummary(station))
     rng = np.random.default_rng(2)
-    recs = [push(c, int(rng.integers(60, 200)), noise=12, seed=i) for i in range(40)]
+    recipes = ["vanilla", "chocolate"]
+    recs = [push(c, int(rng.integers(60, 200)), recipes[i % 2], noise=12, seed=i) for i in range(40)]
     est = c.get("/v1/summary").json()["estimate"]
     scores = np.array([r["score"] for r in recs])
     rejected = np.array([r["decision"] == "reject" for r in recs])
     want = cbpe(scores, rejected, draws=200, train_prior=0.3, adjust_prior=True)
     assert est["extra"]["adjusted_prior"] == pytest.approx(want.extra["adjusted_prior"])
     assert est["balanced_accuracy"] == pytest.approx(want.balanced_accuracy)
+    # per recipe: each re-weighted to its own defect share, not the line's overall one
+    by_recipe = {e["recipe"]: e for e in est["per_recipe"]}
+    assert set(by_recipe) == set(recipes)
+    for k, recipe in enumerate(recipes):
+        idx = np.arange(k, 40, 2)
+        own = cbpe(scores[idx], rejected[idx], draws=200, train_prior=0.3, adjust_prior=True)
+        assert by_recipe[recipe]["adjusted_prior"] == pytest.approx(own.extra["adjusted_prior"])
+        assert by_recipe[recipe]["balanced_accuracy"] == pytest.approx(own.balanced_accuracy)
     # no training share in the reference (a station without a monitor): the scores as they are
     plain = make(tmp_path / "plain", bundle)
     cp = client(plain, summary=DashboardSummary(plain))

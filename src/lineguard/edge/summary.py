@@ -377,9 +377,12 @@ class DashboardSummary:
         for recipe in sorted({r for _, _, r in self._scores if r is not None}):
             idx = [i for i, (_, _, r) in enumerate(self._scores) if r == recipe]
             if len(idx) >= 10:
-                e = cbpe(scores[idx], rejected[idx], draws=200, recipe=recipe).to_dict()
+                # each recipe re-weighted to its own defect share: one recipe may run far fewer defects than another
+                e = cbpe(scores[idx], rejected[idx], draws=200, recipe=recipe, train_prior=prior,
+                         adjust_prior=prior is not None).to_dict()
                 per_recipe.append({k: e[k] for k in ("recipe", "n", "balanced_accuracy", "balanced_accuracy_interval",
-                                                      "false_reject_rate", "escape_rate")})
+                                                      "false_reject_rate", "escape_rate")}
+                                  | {"adjusted_prior": e["extra"].get("adjusted_prior")})
         if drifting:
             est["trustworthy"] = False
             est["reason"] = "input drift is alarmed: the calibrated scores' promise does not hold under drift"
