@@ -368,10 +368,12 @@ class CostConfig(_Section):
 
     false_reject: float = Field(1.0, ge=0.0, description="a good item thrown away")
     missed_defect: float = Field(1.0, ge=0.0, description="a defect that reaches the customer")
-    defect_rate: float | None = Field(None, gt=0.0, lt=1.0, description="share of defects on the line the "
-                                      "expected cost is weighed at when the thresholds are chosen; 0.5 weighs both "
-                                      "classes the same, as the balanced test split does (equal costs then maximise "
-                                      "balanced accuracy; +6.5 points on ELPV); none: the val split's own mix")
+    defect_rate: float | None = Field(0.5, gt=0.0, lt=1.0, description="share of defects on the line the "
+                                      "expected cost is weighed at when the thresholds are chosen; 0.5 (default) "
+                                      "weighs both classes the same, as the balanced test split does (equal costs "
+                                      "then maximise balanced accuracy); set your line's rate, e.g. 0.02, with costs "
+                                      "to match; none: the val split's own mix (how many photos of each class were "
+                                      "collected, rarely the line's)")
 
 
 class EvaluateConfig(_Section):
