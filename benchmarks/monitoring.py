@@ -34,7 +34,8 @@ What is measured, exactly (also written above the tables in docs/benchmarks.md):
 - **Q4 real images.** ``--real DIR ...`` (class-per-folder datasets of DATASETS.md): the distinct
   ``good`` images (exact duplicates dropped) are split in half at random: one half builds the
   reference (image signals of the default preprocessing's model input, no embedding, one
-  recipe), the other is the clean stream's pool, the same corruptions applied for the delay.
+  recipe; with ``DIR=BUNDLE``, that bundle's preprocessing and embedding signals, through
+  ``monitor_reference`` as export builds them), the other is the clean stream's pool, the same corruptions applied for the delay.
   The long clean stream (``--real-long-frames``) resamples the pool's signal vectors. A pool
   of n images is itself a sample: its mean sits ~1/sqrt(n) sd off the product's, a shift
   the stream carries throughout and the calibration (which allows for the reference's own
@@ -276,7 +277,7 @@ def q4(args: argparse.Namespace, model: _Model | None, work: Path) -> tuple[str,
                              rng, args.drift_from, args.after, args.arl0) for r in range(args.repeats)]
             rows.append((kind, sev, float(np.median(delays)), max(delays)))
     alarms, feed_s, fired = _false_alarms(reference, vectors, np.array(fa_recipes), args.long_frames, args.arl0, rng)
-    real_lines = [line for folder in args.real for line in ["", *_q4_real(Path(folder), args, params, rng)]]
+    real_lines = [line for spec in args.real for line in ["", *_q4_real(spec, args, params, rng)]]
     per_1e5 = alarms / args.long_frames * 1e5
     lines = [
         f"Reference: {len(ref_imgs)} synth images (seed 0, {len(RECIPES)} recipes, a third defective), "
@@ -336,11 +337,16 @@ def _load_real(folder: Path, limit: int) -> tuple[list[np.ndarray], int]:
     return images, dropped
 
 
-def _q4_real(folder: Path, args: argparse.Namespace, params: Any, rng: np.random.Generator) -> list[str]:
-    """The real-image rows of the Q4 section for one dataset folder (see the module docstring)."""
-    from lineguard.monitor import EDGE_BATCH, IMAGE_SIGNALS, Monitor, reference_from_images
-    from lineguard.monitor.calibrate import calibrate_cusum
+def _q4_real(spec: str, args: argparse.Namespace, params: Any, rng: np.random.Generator) -> list[str]:
+    """The real-image rows of the Q4 section for one ``DIR`` or ``DIR=BUNDLE`` (see the module docstring)."""
+    from lineguard.export.bundle import monitor_reference
+    from lineguard.monitor import EDGE_BATCH, IMAGE_SIGNALS, Monitor, Reference
 
+    folder_text, _, bundle = spec.partition("=")
+    folder = Path(folder_text)
+    model = _Model(Path(bundle)) if bundle else None
+    if model is not None:
+        params = model.predictor.params
     images, dropped = _load_real(folder, args.real_images)
     if len(images) < 40:
         raise SystemExit(f"{folder}/good holds {len(images)} distinct images; the real-image stream needs >= 40")
@@ -348,31 +354,32 @@ def _q4_real(folder: Path, args: argparse.Namespace, params: Any, rng: np.random
     half = len(images) // 2
     ref_imgs = [images[i] for i in order[:half]]
     pool = [images[i] for i in order[half:]]
-    ref = reference_from_images(ref_imgs, ["real"] * len(ref_imgs), None, params)
-    cal = calibrate_cusum(ref.reference_z(), args.arl0, group_sizes=ref.group_sizes())
-    ref = ref.with_calibration(cal.to_arrays())
+    emb = model.embed(ref_imgs) if model else None
+    _, arrays = monitor_reference(ref_imgs, ["real"] * len(ref_imgs), emb, arl0=args.arl0, params=params)
+    ref = Reference.from_arrays(arrays)
     rows = []
     recipes = ["real"] * len(pool)
     for kind in DRIFTS:
         for sev in args.severities:
-            delays = [_delay(ref, pool, recipes, "real", kind, sev, None, params, rng, args.drift_from, args.after,
+            delays = [_delay(ref, pool, recipes, "real", kind, sev, model, params, rng, args.drift_from, args.after,
                              args.arl0) for _ in range(args.repeats)]
             rows.append((kind, sev, float(np.median(delays)), max(delays)))
-    vectors = _vectors(pool, None, params)
+    vectors = _vectors(pool, model, params)
     frames = args.real_long_frames
     mon = Monitor(ref, arl0=args.arl0, batch=EDGE_BATCH)
     alarms = 0
     n = len(IMAGE_SIGNALS)
     for i in rng.integers(0, len(vectors), frames):
-        alarms += len(mon.update(vectors[i][:n], None, None, "real"))
+        alarms += len(_feed(mon, vectors[i], "real", n))
     alarms += len(mon.flush())
     per_1e5 = alarms / frames * 1e5
     # The clean stream resamples a finite pool: its mean is off the product's by the pool's own sampling error
     # (sd 1 / sqrt(pool) per standardised signal), a persistent shift the calibration (which allows for the
     # reference's error, not for a second sample's) does not promise to absorb -- see the docstring.
     lines = [f"Real images ({folder}, `good` only, {len(images)} distinct images ({dropped} exact duplicates "
-             f"dropped): {len(ref_imgs)} build the reference, {len(pool)} are the stream's pool; signals without an "
-             f"embedding):", "",
+             f"dropped): {len(ref_imgs)} build the reference, {len(pool)} are the stream's pool; "
+             f"{'image signals of ' + bundle + ' and its embedding' if model else 'signals without an embedding'}):",
+             "",
              "| drift | severity | median delay (frames) | max delay |", "| --- | --- | --- | --- |"]
     lines += [f"| {k} | {s} | {m:.0f} | {x} {'✅' if x <= Q4_DELAY else '❌'} |" for k, s, m, x in rows]
     ok = "✅" if per_1e5 <= Q4_FALSE_PER_1E5 else "❌"
@@ -550,6 +557,20 @@ def p8(bundles: dict[str, Path], repeats: int, rounds: int) -> str:
 
 
 P8_TITLE = "### P8: monitoring cost per frame"
+NOTES_MARK = "**Reading these figures"
+
+
+def kept_notes() -> str:
+    """The hand-written notes of docs/benchmarks.md's Monitoring section (from "Reading these figures" to the
+    section's end): a full run replaces the figures above them and keeps the notes, as ``--only p8`` does."""
+    import re
+
+    from _report import DOC
+
+    text = DOC.read_text() if DOC.exists() else ""
+    found = re.search(r"^## Monitoring\n.*?(?=^## |\Z)", text, re.S | re.M)
+    section = found.group(0) if found else ""
+    return section[section.index(NOTES_MARK):].strip() if NOTES_MARK in section else ""
 
 
 def write_p8(body: str, command: str) -> None:
@@ -582,8 +603,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--drift-from", type=int, default=300)
     ap.add_argument("--after", type=int, default=300)
-    ap.add_argument("--real", nargs="+", default=[], metavar="DIR",
-                    help="real dataset folders with good/ (e.g. /work/data/elpv /work/data/leather)")
+    ap.add_argument("--real", nargs="+", default=[], metavar="DIR[=BUNDLE]",
+                    help="real dataset folders with good/ (e.g. /work/data/elpv /work/data/leather); DIR=BUNDLE adds "
+                         "the embedding signals of a bundle trained on that data (its preprocessing too)")
     ap.add_argument("--real-images", type=int, default=2000, help="at most this many distinct good images")
     ap.add_argument("--real-long-frames", type=int, default=1_000_000)
     ap.add_argument("--windows", type=int, default=200)
@@ -619,7 +641,7 @@ def main() -> int:
     body = ("TARGETS Q4 (drift detected within 150 frames; ≤ 1 false alarm per 10^5 clean frames over ≥ 10^6), "
             "Q7 (estimate within ± 2 points on 1,000-frame windows), P8 (monitoring ≤ 10 % of inference). How each "
             "stream is built is in the docstring of `benchmarks/monitoring.py`.\n\n" + "\n\n".join(parts)
-            + "\n\n" + load_note())
+            + "\n\n" + load_note() + "\n\n" + kept_notes())
     write_section("Monitoring", body, command)
     print(body)
     return 0
