@@ -258,6 +258,35 @@ def test_evaluate_predictions_fits_on_val_only() -> None:
     assert one_class.balanced_accuracy is None and one_class.metrics["overall"]["notes"]
 
 
+def test_the_default_decision_weighs_both_classes_the_same_not_the_val_mix() -> None:
+    """``fit_decision`` with the default config (evaluate.cost.defect_rate 0.5) fits the threshold that
+    maximises val balanced accuracy on a val split of a quarter defects; ``defect_rate: null`` fits the one
+    for that mix, which passes more defects."""
+    from lineguard.config import EvaluateConfig
+    from lineguard.evaluate import Predictions
+    from lineguard.evaluate.evaluation import fit_decision
+
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.zeros(600), np.ones(200)].astype(int)
+    margins = np.r_[rng.normal(-1.0, 1.2, 600), rng.normal(1.0, 1.2, 200)]
+    n = len(labels)
+    val = Predictions(np.array([f"i{k}" for k in range(n)]), np.array([""] * n), labels, np.array(["r"] * n),
+                      np.array(["" if y == 0 else "d" for y in labels]), margins)
+
+    def balanced(decision: Decision) -> float:
+        rejects = decision.rejects(decision.scores_from_margins(margins), val.recipes)
+        return float(m.rates(m.confusion(labels, rejects.astype(int)))["balanced_accuracy"])
+
+    default = fit_decision(val, EvaluateConfig(calibrate=False))
+    mix = fit_decision(val, EvaluateConfig(calibrate=False, cost={"defect_rate": None}))
+    best = max(balanced(Decision(default_threshold=float(t))) for t in np.linspace(0.01, 0.99, 981))
+    assert EvaluateConfig().cost.defect_rate == 0.5
+    assert balanced(default) >= best - 1e-9
+    assert balanced(mix) < balanced(default) - 0.02
+    assert mix.default_threshold > default.default_threshold  # the mix's threshold rejects less
+    assert any("defect rate of 50.0%" in note for note in default.notes)
+
+
 def test_perturbations_and_behaviour_checks() -> None:
     from lineguard.evaluate.behaviour import behaviour_checks, brighten, shift
 
