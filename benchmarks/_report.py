@@ -85,12 +85,23 @@ def args_for_docs(argv: list[str]) -> str:
     return "".join(f" {a}" for a in shown)
 
 
+def _section_pattern(title: str) -> re.Pattern[str]:
+    """The ``## title`` section of docs/benchmarks.md: its heading up to the next ``## `` or the end."""
+    return re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+
+
+def read_section(title: str) -> str:
+    """The ``## title`` section of docs/benchmarks.md as it stands ("" when there is none)."""
+    found = _section_pattern(title).search(DOC.read_text()) if DOC.exists() else None
+    return found.group(0) if found else ""
+
+
 def write_section(title: str, body: str, command: str) -> None:
     """Replace (or append) the ``## title`` section of docs/benchmarks.md."""
     DOC.parent.mkdir(parents=True, exist_ok=True)
     text = DOC.read_text() if DOC.exists() else HEADER
     section = f"## {title}\n\nMachine: {machine()}. Command: `{command}`\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = _section_pattern(title)
     if pattern.search(text):
         text = pattern.sub(lambda _m: section + "\n", text)
     else:

@@ -587,13 +587,9 @@ NOTES_MARK = "**Reading these figures"
 def kept_notes() -> str:
     """The hand-written notes of docs/benchmarks.md's Monitoring section (from "Reading these figures" to the
     section's end): a full run replaces the figures above them and keeps the notes, as ``--only p8`` does."""
-    import re
+    from _report import read_section
 
-    from _report import DOC
-
-    text = DOC.read_text() if DOC.exists() else ""
-    found = re.search(r"^## Monitoring\n.*?(?=^## |\Z)", text, re.S | re.M)
-    section = found.group(0) if found else ""
+    section = read_section("Monitoring")
     return section[section.index(NOTES_MARK):].strip() if NOTES_MARK in section else ""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -237,24 +238,28 @@ def test_evaluate_with_report_and_bundle_dict(tmp_path, simple_dataset) -> None:
     assert summary.image_costs is not None and len(summary.image_costs) == 16
 
 
+def _preds(margins: Any, labels: Any) -> Any:
+    """Predictions of one recipe 'r' with these margins and labels (1 = defect)."""
+    from lineguard.evaluate import Predictions
+
+    n = len(labels)
+    return Predictions(np.array([f"i{k}" for k in range(n)]), np.array([""] * n), np.asarray(labels),
+                       np.array(["r"] * n), np.array(["" if y == 0 else "d" for y in labels]),
+                       np.asarray(margins, dtype=float))
+
+
 def test_evaluate_predictions_fits_on_val_only() -> None:
     from lineguard.config import EvaluateConfig
-    from lineguard.evaluate import Predictions, evaluate_predictions
+    from lineguard.evaluate import evaluate_predictions
 
-    def preds(margins: list[float], labels: list[int]) -> Predictions:
-        n = len(labels)
-        return Predictions(np.array([f"i{k}" for k in range(n)]), np.array([""] * n), np.array(labels),
-                           np.array(["r"] * n), np.array(["" if y == 0 else "d" for y in labels]),
-                           np.array(margins, dtype=float))
-
-    val = preds([-4, -3, -2, 2, 3, 4], [0, 0, 0, 1, 1, 1])
-    test = preds([-4, 5, 6, 7], [0, 0, 1, 1])  # a confident mistake on test must not move the threshold
+    val = _preds([-4, -3, -2, 2, 3, 4], [0, 0, 0, 1, 1, 1])
+    test = _preds([-4, 5, 6, 7], [0, 0, 1, 1])  # a confident mistake on test must not move the threshold
     cfg = EvaluateConfig(bootstrap=0, calibrate=False, min_threshold_samples=1)
     result = evaluate_predictions(val, test, cfg)
     assert result.decision.default_threshold == pytest.approx(0.5)
     assert result.metrics["overall"]["false_reject_rate"] == pytest.approx(0.5)
     # One-class test split: metrics that need both classes are None, nothing raises.
-    one_class = evaluate_predictions(val, preds([-3, -2], [0, 0]), cfg)
+    one_class = evaluate_predictions(val, _preds([-3, -2], [0, 0]), cfg)
     assert one_class.balanced_accuracy is None and one_class.metrics["overall"]["notes"]
 
 
@@ -263,15 +268,12 @@ def test_the_default_decision_weighs_both_classes_the_same_not_the_val_mix() -> 
     maximises val balanced accuracy on a val split of a quarter defects; ``defect_rate: null`` fits the one
     for that mix, which passes more defects."""
     from lineguard.config import EvaluateConfig
-    from lineguard.evaluate import Predictions
     from lineguard.evaluate.evaluation import fit_decision
 
     rng = np.random.default_rng(3)
     labels = np.r_[np.zeros(600), np.ones(200)].astype(int)
     margins = np.r_[rng.normal(-1.0, 1.2, 600), rng.normal(1.0, 1.2, 200)]
-    n = len(labels)
-    val = Predictions(np.array([f"i{k}" for k in range(n)]), np.array([""] * n), labels, np.array(["r"] * n),
-                      np.array(["" if y == 0 else "d" for y in labels]), margins)
+    val = _preds(margins, labels)
 
     def balanced(decision: Decision) -> float:
         rejects = decision.rejects(decision.scores_from_margins(margins), val.recipes)
